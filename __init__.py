@@ -1,0 +1,24 @@
+"""jaxdiff: pure JAX/Flax (nnx) inference for Flux and Wan, converted from torch checkpoints.
+
+This file is both the package root (`import jaxdiff`) and a ComfyUI custom-node pack entry
+(`NODE_CLASS_MAPPINGS`). Keep it light: everything heavy is imported lazily.
+"""
+
+__version__ = "0.1.0"
+
+# ComfyUI node pack: the nodes arrive in comfy_nodes/ (filled by a later issue).
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+
+
+def load_model(path, *, dtype=None, mesh=None):
+    """Load a diffusers directory, a single-file safetensors or a converted jaxdiff checkpoint.
+
+    Returns a ready Flax nnx module (family detected from config/keys). See convert/loader.py.
+    """
+    from .convert.loader import load_model as _load_model
+
+    return _load_model(path, dtype=dtype, mesh=mesh)
+
+
+__all__ = ["load_model", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]

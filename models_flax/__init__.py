@@ -1,0 +1,1 @@
+"""Native Flax nnx models, one file per model. Imports kernels/ and layers.py only."""

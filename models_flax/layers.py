@@ -1,0 +1,185 @@
+"""Shared building blocks for every model: Linear, norms, convolutions, timestep embeddings, RoPE.
+
+Conventions (the converter relies on them):
+- Attribute names mirror the diffusers module that a layer replaces, so a diffusers state-dict key
+  `a.b.0.c.weight` is our parameter path `('a', 'b', 0, 'c', 'kernel' | 'scale')`.
+- `Linear.kernel` is `[in, out]` (torch `[out, in]` transposed); `Conv*.kernel` is channels-last
+  `HWIO` / `DHWIO` (torch `OIHW` / `OIDHW` permuted); norm weights are `scale`.
+- Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `conv_in`, `conv_out`, …);
+  `sharding/rules.py` maps them to mesh axes. Layers never name mesh axes.
+This module imports only jax/flax.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+INIT_STD = 0.02
+
+
+def param(value: jax.Array, axes: Axes) -> nnx.Param:
+    """A parameter with logical axis names; placement on a mesh happens later (sharding/)."""
+    return nnx.Param(value, sharding_names=tuple(axes), eager_sharding=False)
+
+
+def _normal(rngs: nnx.Rngs, shape: Sequence[int], dtype, std: float = INIT_STD) -> jax.Array:
+    return (std * jax.random.normal(rngs.params(), tuple(shape), jnp.float32)).astype(dtype)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel + bias, with kernel `[in, out]`."""
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
+                 axes: Axes = ("embed", "mlp"), param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.in_features, self.out_features = in_features, out_features
+        self.kernel = param(_normal(rngs, (in_features, out_features), param_dtype), axes)
+        self.bias = (param(jnp.zeros((out_features,), param_dtype), (axes[1],))
+                     if use_bias else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis; `elementwise_affine=False` matches torch's affine-free norm."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, elementwise_affine: bool = True,
+                 use_bias: bool = True, axis_name: str | None = "embed",
+                 param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        self.eps = eps
+        self.scale = (param(jnp.ones((dim,), param_dtype), (axis_name,))
+                      if elementwise_affine else None)
+        self.bias = (param(jnp.zeros((dim,), param_dtype), (axis_name,))
+                     if elementwise_affine and use_bias else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.scale is not None:
+            y = y * self.scale[...].astype(jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(dtype)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm over the last axis (diffusers `RMSNorm`: normalise in fp32, then scale)."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, elementwise_affine: bool = True,
+                 axis_name: str | None = None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs | None = None):
+        self.eps = eps
+        self.scale = (param(jnp.ones((dim,), param_dtype), (axis_name,))
+                      if elementwise_affine else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        if self.scale is not None:
+            y = y * self.scale[...].astype(jnp.float32)
+        return y.astype(dtype)
+
+
+class GroupNorm(nnx.Module):
+    """GroupNorm on channels-last input `[B, ..., C]` (torch GroupNorm semantics)."""
+
+    def __init__(self, num_groups: int, num_channels: int, *, eps: float = 1e-6,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        self.num_groups, self.eps = num_groups, eps
+        self.scale = param(jnp.ones((num_channels,), param_dtype), ("conv_out",))
+        self.bias = param(jnp.zeros((num_channels,), param_dtype), ("conv_out",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        b, *spatial, c = x.shape
+        g = x.astype(jnp.float32).reshape(b, -1, self.num_groups, c // self.num_groups)
+        mean = jnp.mean(g, axis=(1, 3), keepdims=True)
+        var = jnp.mean(jnp.square(g - mean), axis=(1, 3), keepdims=True)
+        g = (g - mean) * jax.lax.rsqrt(var + self.eps)
+        y = g.reshape(b, *spatial, c) * self.scale[...] + self.bias[...]
+        return y.astype(dtype)
+
+
+class Conv(nnx.Module):
+    """N-d convolution on channels-last input; kernel `[*window, in, out]` (HWIO / DHWIO).
+
+    `padding` is per spatial dim `(lo, hi)` pairs or an int applied symmetrically.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int], *,
+                 ndim: int = 2, stride: int | Sequence[int] = 1,
+                 padding: int | Sequence[tuple[int, int]] = 0, use_bias: bool = True,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        ks = (kernel_size,) * ndim if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.stride = (stride,) * ndim if isinstance(stride, int) else tuple(stride)
+        self.padding = (((padding, padding),) * ndim if isinstance(padding, int)
+                        else tuple(tuple(p) for p in padding))
+        fan_in = in_channels * math.prod(ks)
+        self.kernel = param(_normal(rngs, (*ks, in_channels, out_channels), param_dtype,
+                                    std=1.0 / math.sqrt(fan_in)),
+                            (None,) * ndim + ("conv_in", "conv_out"))
+        self.bias = (param(jnp.zeros((out_channels,), param_dtype), ("conv_out",))
+                     if use_bias else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        nd = len(self.stride)
+        spatial = "DHW"[-nd:] if nd <= 3 else None
+        dn = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+        y = jax.lax.conv_general_dilated(x, self.kernel[...].astype(x.dtype), self.stride,
+                                         self.padding, dimension_numbers=dn)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+def timestep_embedding(t: jax.Array, dim: int, *, flip_sin_to_cos: bool = True,
+                       downscale_freq_shift: float = 0.0, scale: float = 1.0,
+                       max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding of `t` `[B]` → `[B, dim]`, as diffusers `get_timestep_embedding`."""
+    half = dim // 2
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
+    exponent = exponent / (half - downscale_freq_shift)
+    freqs = jnp.exp(exponent)
+    args = t.astype(jnp.float32)[:, None] * freqs[None, :] * scale  # [B, half]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    if flip_sin_to_cos:
+        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if dim % 2 == 1:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+def rope_frequencies(positions: jax.Array, dim: int, theta: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+    """Real-valued RoPE tables for 1-D `positions` `[S]`: (cos, sin) each `[S, dim]`, interleaved pairs.
+
+    Matches diffusers `get_1d_rotary_pos_embed(..., use_real=True, repeat_interleave_real=True)`
+    computed in float64 there; we use float32 (see DESIGN "fp32 noise").
+    """
+    freqs = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32)[: dim // 2] / dim))  # [dim/2]
+    angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [S, dim/2]
+    cos = jnp.repeat(jnp.cos(angles), 2, axis=-1)  # [S, dim]
+    sin = jnp.repeat(jnp.sin(angles), 2, axis=-1)
+    return cos, sin
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate interleaved pairs of `x` `[B, S, H, D]` by tables `[S, D]` (diffusers `apply_rotary_emb`)."""
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    pairs = x32.reshape(*x.shape[:-1], -1, 2)  # [B, S, H, D/2, 2]
+    rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+    out = x32 * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+    return out.astype(dtype)
