@@ -25,7 +25,7 @@ INIT_STD = 0.02
 
 def param(value: jax.Array, axes: Axes) -> nnx.Param:
     """A parameter with logical axis names; placement on a mesh happens later (sharding/)."""
-    return nnx.Param(value, sharding_names=tuple(axes), eager_sharding=False)
+    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
 
 
 def _normal(rngs: nnx.Rngs, shape: Sequence[int], dtype, std: float = INIT_STD) -> jax.Array:
