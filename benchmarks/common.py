@@ -1,0 +1,155 @@
+"""Timing and reporting helpers shared by the benchmark scripts (no model code here).
+
+Machines running benchmarks are often shared and noisy, so contenders are timed in interleaved
+rounds (A, B, C, A, B, C, …) and reported by their min (the best estimate of the cost) and median.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import platform
+import re
+import resource
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+MIB = 1024 * 1024
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (monotonic), MiB."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kib / 1024 if platform.system() != "Darwin" else kib / MIB
+
+
+def current_rss_mib() -> float:
+    """Resident set size now, MiB (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+    except OSError:
+        return peak_rss_mib()
+
+
+def jax_device_info() -> dict[str, Any]:
+    import jax
+
+    device = jax.devices()[0]
+    return {"backend": jax.default_backend(), "device_kind": device.device_kind,
+            "device_count": jax.device_count(), "jax": jax.__version__}
+
+
+def jax_peak_bytes() -> int | None:
+    """`peak_bytes_in_use` of the first JAX device where the backend reports it (GPU/TPU; not CPU)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def xla_memory(compiled) -> dict[str, int] | None:
+    """Arguments / outputs / temporaries (bytes) of a compiled XLA executable, when XLA reports them."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 — not every backend implements it
+        return None
+    if m is None:
+        return None
+    return {"argument_bytes": int(m.argument_size_in_bytes), "output_bytes": int(m.output_size_in_bytes),
+            "temp_bytes": int(m.temp_size_in_bytes)}
+
+
+def hlo_stats(compiled) -> dict[str, float] | None:
+    """What XLA says the executable costs: flops, bytes accessed, and layout-shuffling op counts.
+
+    Transposes/copies/reverses in the optimised HLO are pure data movement; comparing them (and the
+    bytes accessed) between two ports of one model shows where the slower one spends its time.
+    """
+    try:
+        cost = compiled.cost_analysis()
+        text = compiled.as_text()
+    except Exception:  # noqa: BLE001 — not every backend implements it
+        return None
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+    stats = {"flops": float(cost.get("flops", 0.0)), "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+    for op in ("transpose", "copy", "reverse", "fusion", "dot"):
+        stats[op] = len(re.findall(rf"\s{op}\(", text))
+    return stats
+
+
+@dataclasses.dataclass
+class Contender:
+    """One implementation under test: `step()` runs one forward and returns once the result is ready."""
+
+    name: str
+    step: Callable[[], Any]
+    compile_s: float | None = None  # trace + lower + compile, where there is a compile step
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hlo: dict[str, float] | None = None  # hlo_stats of a compiled XLA executable
+    times: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.times)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def interleaved_rounds(contenders: Sequence[Contender], rounds: int, *, warmup: int = 1,
+                       pause_s: float = 0.05, log: Callable[[str], None] | None = None) -> None:
+    """Runs every contender once per round, in turn, for `warmup` untimed then `rounds` timed rounds.
+
+    `pause_s` (untimed) separates contenders so that one's worker threads still spinning after
+    its step (torch's OpenMP pool, XLA's) do not steal cores from the next one's.
+    """
+    for _ in range(warmup):
+        for c in contenders:
+            c.step()
+    gc.collect()
+    gc.disable()  # a collection landing inside one contender's step would bias it
+    try:
+        for r in range(rounds):
+            for c in contenders:
+                time.sleep(pause_s)
+                dt, _ = timed(c.step)
+                c.times.append(dt)
+            if log:
+                log(f"round {r + 1}/{rounds}: " + ", ".join(f"{c.name} {c.times[-1] * 1e3:.1f} ms"
+                                                          for c in contenders))
+    finally:
+        gc.enable()
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    return "\n".join([fmt(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [fmt(r) for r in cells[1:]])
+
+
+def ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
+def mib(n_bytes: int | float | None) -> str:
+    return "–" if n_bytes is None else f"{n_bytes / MIB:.1f}"

@@ -1,0 +1,318 @@
+"""One Flux transformer forward on the current device: our Flax port vs diffusers (eager, torchax-jit).
+
+The same random weights go into diffusers' `FluxTransformer2DModel` (torch's seeded init) and ours
+(`convert.place.load_state_dict`); contenders are timed in interleaved rounds and their outputs are
+compared, so a fast wrong model cannot pass unnoticed (exit status 1 on a mismatch).
+
+    python benchmarks/flux_bench.py                      # DESIGN's CPU baseline: 3+3 blocks, D=512, 1024+64 tokens
+    python benchmarks/flux_bench.py --depth-double 19 --depth-single 38 --heads 24 --dtype bfloat16
+    python benchmarks/flux_bench.py --rounds 2 --img-tokens 64 --txt-tokens 16 --json out/bench.json
+
+Contenders: (a) ours, `jax.jit` of the nnx module (compile timed apart); (b) diffusers torch eager
+under `torch.inference_mode`; (c) the diffusers module traced by torchax, under `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxdiff.benchmarks.common import (Contender, cpu_count, current_rss_mib, interleaved_rounds,
+                                       jax_device_info, jax_peak_bytes, markdown_table, mib, ms,
+                                       hlo_stats, peak_rss_mib, timed, xla_memory)
+
+GUIDANCE = 3.5
+SIGMA = 0.5
+# max |a − b| / max |b| above which two implementations are declared different
+AGREEMENT = {"float32": 1e-4, "bfloat16": 5e-2}  # a faithful fp32 port sits near 1e-6
+NOISE_FLOOR_FACTOR = 10  # …or 10× the torch eager vs torchax difference, when that is larger
+OURS, EAGER, TORCHAX = "ours (Flax, jit)", "diffusers torch eager", "diffusers torchax-jit"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--depth-double", type=int, default=3, help="double-stream blocks (num_layers)")
+    p.add_argument("--depth-single", type=int, default=3, help="single-stream blocks (num_single_layers)")
+    p.add_argument("--dim", type=int, default=512, help="model width = heads × head dim")
+    p.add_argument("--heads", type=int, default=4, help="attention heads")
+    p.add_argument("--axes", type=str, default=None,
+                   help="RoPE axes dims, comma separated, summing to the head dim "
+                        "(default: (16, 56, 56) scaled to the head dim)")
+    p.add_argument("--in-channels", type=int, default=64, help="packed latent channels")
+    p.add_argument("--joint-dim", type=int, default=4096, help="text (T5) embedding width")
+    p.add_argument("--pooled-dim", type=int, default=768, help="pooled (CLIP) embedding width")
+    p.add_argument("--no-guidance", action="store_true", help="schnell-style: no guidance embedding")
+    p.add_argument("--img-tokens", type=int, default=1024, help="image tokens (packed latent h·w)")
+    p.add_argument("--txt-tokens", type=int, default=64, help="text tokens")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--rounds", type=int, default=10, help="timed interleaved rounds")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-torch", action="store_true", help="skip diffusers torch eager")
+    p.add_argument("--skip-torchax", action="store_true", help="skip diffusers traced by torchax")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch intra-op threads (default: this process's cores); on a loaded machine "
+                        "torch's OpenMP pool can run far slower with all cores than with fewer")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--quiet", action="store_true", help="no per-round log")
+    return p.parse_args(argv)
+
+
+def rope_axes(head_dim: int, spec: str | None) -> tuple[int, ...]:
+    """Flux's (16, 56, 56) for head dim 128, the same proportions (even sizes) otherwise."""
+    if spec:
+        axes = tuple(int(a) for a in spec.split(","))
+    else:
+        first = 2 * max(1, head_dim // 16)
+        second = (head_dim - first) // 4 * 2
+        axes = (first, second, head_dim - first - second)
+    if sum(axes) != head_dim or any(a % 2 for a in axes):
+        raise ValueError(f"RoPE axes {axes} must be even and sum to the head dim {head_dim}")
+    return axes
+
+
+def flux_config(args: argparse.Namespace) -> dict[str, Any]:
+    """diffusers `FluxTransformer2DModel` kwargs."""
+    if args.dim % args.heads:
+        raise ValueError(f"--dim {args.dim} is not divisible by --heads {args.heads}")
+    head_dim = args.dim // args.heads
+    return dict(patch_size=1, in_channels=args.in_channels, out_channels=None,
+                num_layers=args.depth_double, num_single_layers=args.depth_single,
+                attention_head_dim=head_dim, num_attention_heads=args.heads,
+                joint_attention_dim=args.joint_dim, pooled_projection_dim=args.pooled_dim,
+                guidance_embeds=not args.no_guidance, axes_dims_rope=rope_axes(head_dim, args.axes))
+
+
+def flux_inputs(config: dict[str, Any], *, batch: int, img_tokens: int, txt_tokens: int,
+                seed: int) -> dict[str, np.ndarray | None]:
+    """Random float32 forward kwargs; image ids are (0, row, col) on a near-square grid."""
+    rng = np.random.default_rng(seed)
+    width = math.ceil(math.sqrt(img_tokens))
+    index = np.arange(img_tokens)
+    img_ids = np.stack([np.zeros_like(index), index // width, index % width], -1).astype(np.float32)
+    return dict(
+        hidden_states=rng.standard_normal((batch, img_tokens, config["in_channels"]), np.float32),
+        encoder_hidden_states=rng.standard_normal((batch, txt_tokens, config["joint_attention_dim"]),
+                                                  np.float32),
+        pooled_projections=rng.standard_normal((batch, config["pooled_projection_dim"]), np.float32),
+        timestep=np.full((batch,), SIGMA, np.float32),
+        img_ids=img_ids,
+        txt_ids=np.zeros((txt_tokens, 3), np.float32),
+        guidance=np.full((batch,), GUIDANCE, np.float32) if config["guidance_embeds"] else None,
+    )
+
+
+# ----------------------------------------------------------------------------- contenders
+
+
+def ours_contender(torch_model, inputs, jax_dtype) -> tuple[Contender, Any]:
+    """Our module with the torch model's weights, jitted; returns (contender, first output)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxdiff.convert.place import load_state_dict
+    from jaxdiff.models_flax.flux import FluxConfig, FluxTransformer2DModel
+
+    config = FluxConfig.from_dict(dict(torch_model.config))
+    # abstract first: no random init to throw away (time, and a second copy of the weights)
+    model = nnx.eval_shape(lambda: FluxTransformer2DModel(config, param_dtype=jax_dtype, rngs=nnx.Rngs(0)))
+    load_state_dict(model, {k: v.detach().float().cpu().numpy() for k, v in torch_model.state_dict().items()},
+                    source="diffusers FluxTransformer2DModel", dtype=jax_dtype)
+    graphdef, state = nnx.split(model)
+    del model
+
+    def forward(state, kw):
+        return nnx.merge(graphdef, state)(**kw)
+
+    kwargs = {k: None if v is None else jnp.asarray(v, jax_dtype) for k, v in inputs.items()}
+    compile_s, compiled = timed(lambda: jax.jit(forward).lower(state, kwargs).compile())
+    step = lambda: compiled(state, kwargs).block_until_ready()
+    c = Contender(OURS, step, compile_s=compile_s, memory={"xla": xla_memory(compiled)},
+                  hlo=hlo_stats(compiled))
+    return c, step()
+
+
+def torchax_contender(torch_model, inputs, jax_dtype) -> tuple[Contender, Any]:
+    """The diffusers module traced by torchax (`extract_jax`), jitted."""
+    import jax
+    import jax.numpy as jnp
+    import torchax
+
+    with warnings.catch_warnings():  # torchax asks for 64-bit dtypes that x64-less JAX truncates
+        warnings.filterwarnings("ignore", message="Explicitly requested dtype (float64|int64)")
+        weights, fn = torchax.extract_jax(torch_model)
+
+        def forward(weights, kw):
+            return fn(weights, (), dict(kw, return_dict=False))[0]  # return_dict: static Python value
+
+        kwargs = {k: None if v is None else jnp.asarray(v, jax_dtype) for k, v in inputs.items()}
+        compile_s, compiled = timed(lambda: jax.jit(forward).lower(weights, kwargs).compile())
+    step = lambda: compiled(weights, kwargs).block_until_ready()
+    c = Contender(TORCHAX, step, compile_s=compile_s, memory={"xla": xla_memory(compiled)},
+                  hlo=hlo_stats(compiled))
+    return c, step()
+
+
+def eager_contender(torch_model, inputs, torch_dtype, device) -> tuple[Contender, Any]:
+    import torch
+
+    kwargs = {k: None if v is None else torch.from_numpy(v).to(device=device, dtype=torch_dtype)
+              for k, v in inputs.items()}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step():
+        with torch.inference_mode():
+            out = torch_model(**kwargs, return_dict=False)[0]
+        sync()
+        return out
+
+    return Contender(EAGER, step), step()
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def agreement(outputs: dict[str, np.ndarray], dtype: str) -> list[dict[str, Any]]:
+    """Max abs / relative diffs of ours against each diffusers path (judged), and between the two
+    diffusers paths (not judged: the same module on two backends, i.e. the noise floor)."""
+    names = list(outputs)
+    pairs = [(names[0], other, names[0] == OURS) for other in names[1:]]
+    if EAGER in outputs and TORCHAX in outputs:
+        pairs.append((TORCHAX, EAGER, False))
+    rows = []
+    for a_name, b_name, judged in pairs:
+        a, b = outputs[a_name].astype(np.float64), outputs[b_name].astype(np.float64)
+        max_abs = float(np.abs(a - b).max())
+        rel = max_abs / max(float(np.abs(b).max()), 1e-30)
+        rows.append({"a": a_name, "b": b_name, "max_abs": max_abs, "rel": rel, "judged": judged})
+    floor = max([r["rel"] for r in rows if not r["judged"]], default=0.0)
+    limit = max(AGREEMENT[dtype], NOISE_FLOOR_FACTOR * floor)  # big models: noise grows with depth
+    for r in rows:
+        r["limit"] = limit
+        r["ok"] = bool(r["rel"] <= limit) or not r["judged"]  # NaN fails
+    return rows
+
+
+def report(args, config, device: dict, contenders: list[Contender], diffs, rss: dict) -> dict[str, Any]:
+    by_name = {c.name: c for c in contenders}
+    ours = by_name.get(OURS)
+    rows = []
+    for c in contenders:
+        ratio = f"{c.min_s / ours.min_s:.2f}×" if ours else "–"
+        xla, hlo = c.memory.get("xla") or {}, c.hlo or {}
+        moves = (f"{hlo['transpose']}/{hlo['copy']}/{hlo['reverse']}" if hlo else "–")
+        gb = f"{hlo['bytes_accessed'] / 1e9:.2f}" if hlo else "–"
+        rows.append((c.name, ms(c.compile_s), ms(c.min_s), ms(c.median_s), ratio,
+                     mib(xla.get("temp_bytes")), gb, moves, len(c.times)))
+    tokens = f"{args.img_tokens}+{args.txt_tokens}"
+    print()
+    print(f"Flux {args.depth_double}+{args.depth_single} blocks, D={args.dim} ({args.heads} heads × "
+          f"{args.dim // args.heads}), axes {config['axes_dims_rope']}, {tokens} tokens, batch {args.batch}, "
+          f"{args.dtype}, guidance {'on' if config['guidance_embeds'] else 'off'}")
+    print(f"device: {device['backend']} {device['device_kind']} ×{device['device_count']}, "
+          f"{device['cpu_cores']} CPU cores, torch threads {device['torch_threads']}, "
+          f"jax {device['jax']}, torch {device['torch']}")
+    print()
+    print(markdown_table(("contender", "compile ms", "step min ms", "step median ms", "min / ours",
+                          "XLA temp MiB", "XLA GB accessed", "transpose/copy/reverse", "rounds"), rows))
+    print()
+    if ours:
+        for name in (TORCHAX, EAGER):
+            if name in by_name:
+                print(f"{name} / ours (min): {by_name[name].min_s / ours.min_s:.2f}×   "
+                      f"(median: {by_name[name].median_s / ours.median_s:.2f}×)")
+    print(f"memory: peak RSS {rss['peak']:.0f} MiB (process, all contenders); RSS after setting up each "
+          "(cumulative) "
+          + ", ".join(f"{k} {v:.0f}" for k, v in rss["after"].items()) + " MiB"
+          + (f"; JAX device peak {mib(rss['jax_peak'])} MiB" if rss.get("jax_peak") else "")
+          + (f"; torch CUDA peak {mib(rss['torch_cuda_peak'])} MiB" if rss.get("torch_cuda_peak") else ""))
+    for d in diffs:
+        verdict = ("(reference: noise floor)" if not d["judged"] else "OK" if d["ok"] else
+                   f"*** MISMATCH (relative > {d['limit']:.1e}): these numbers benchmark a wrong model ***")
+        print(f"agreement {d['a']} vs {d['b']}: max abs {d['max_abs']:.3e}, relative {d['rel']:.3e} {verdict}")
+    return {
+        "config": config, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "device": device,
+        "contenders": {c.name: {"compile_s": c.compile_s, "min_s": c.min_s, "median_s": c.median_s,
+                                "times_s": c.times, "memory": c.memory, "hlo": c.hlo} for c in contenders},
+        "ratios_min": ({c.name: c.min_s / ours.min_s for c in contenders} if ours else {}),
+        "agreement": diffs, "memory_mib": rss,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.torch_threads or cpu_count())
+    import jax
+    from diffusers import FluxTransformer2DModel
+
+    config = flux_config(args)
+    torch_dtype = getattr(torch, args.dtype)
+    jax_dtype = getattr(jax.numpy, args.dtype)
+    on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+    device_t = torch.device("cuda" if on_gpu else "cpu")  # on TPU torch stays on the host
+    device = dict(jax_device_info(), cpu_cores=cpu_count(), torch_threads=torch.get_num_threads(),
+                  torch=torch.__version__, torch_device=str(device_t))
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+
+    torch.manual_seed(args.seed)  # torch's own init: every weight non-zero, activations well scaled
+    torch_model = FluxTransformer2DModel(**config).eval()
+    if torch_dtype != torch.float32:
+        torch_model = torch_model.to(torch_dtype)
+    inputs = flux_inputs(config, batch=args.batch, img_tokens=args.img_tokens,
+                         txt_tokens=args.txt_tokens, seed=args.seed + 1)
+    n_params = sum(p.numel() for p in torch_model.parameters())
+    log(f"{n_params / 1e6:.1f} M parameters; building contenders")
+
+    contenders, outputs, rss_after = [], {}, {}
+
+    def add(contender: Contender, output: np.ndarray, t0: float) -> None:
+        contenders.append(contender)
+        outputs[contender.name] = output
+        rss_after[contender.name] = current_rss_mib()
+        if contender.compile_s is not None:
+            log(f"{contender.name}: compiled in {contender.compile_s:.1f} s "
+                f"({time.perf_counter() - t0:.1f} s with setup)")
+
+    t0 = time.perf_counter()
+    c, out = ours_contender(torch_model, inputs, jax_dtype)
+    add(c, np.asarray(out.astype(jax.numpy.float32)), t0)
+    if not args.skip_torchax:  # traced from the host copy of the weights
+        t0 = time.perf_counter()
+        c, out = torchax_contender(torch_model, inputs, jax_dtype)
+        add(c, np.asarray(out.astype(jax.numpy.float32)), t0)
+    if args.skip_torch:
+        del torch_model
+    else:
+        torch_model.to(device_t)
+        c, out = eager_contender(torch_model, inputs, torch_dtype, device_t)
+        add(c, out.float().cpu().numpy(), time.perf_counter())
+    contenders.sort(key=lambda c: (OURS, EAGER, TORCHAX).index(c.name))  # A, B, C in every round
+
+    interleaved_rounds(contenders, args.rounds, warmup=args.warmup, log=log)
+    rss = {"peak": peak_rss_mib(), "after": rss_after, "jax_peak": jax_peak_bytes(),
+           "torch_cuda_peak": torch.cuda.max_memory_allocated() if on_gpu else None}
+    diffs = agreement(outputs, args.dtype)
+    result = report(args, config, device, contenders, diffs, rss)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0 if all(d["ok"] for d in diffs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
