@@ -1,0 +1,395 @@
+"""Flux transformer (diffusers `FluxTransformer2DModel`) as a Flax nnx module.
+
+Attribute names mirror diffusers module names, so `convert.place.load_state_dict` reads a diffusers
+state dict with no renames (`transformer_blocks.0.attn.to_out.0.weight` → `transformer_blocks[0]
+.attn.to_out[0].kernel`). Parameterless torch modules (Dropout, SiLU, GELU, the affine-free norms) are
+plain functions here; `ff.net[1]` (a Dropout) is a `None` slot so that `net.2` keeps its index.
+
+Token order inside the blocks is [txt, img], like diffusers. Compute runs in the dtype of
+`hidden_states`; norms, RoPE and softmax run in float32.
+Imports only jax/flax, `layers` and `kernels`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..kernels.attention import attention
+from .layers import Linear, RMSNorm
+
+ROPE_THETA = 10000.0
+TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep/guidance projection (diffusers `time_proj`)
+MAX_PERIOD = 10000.0
+TIME_SCALE = 1000.0  # sigma in [0, 1] → the model's timestep units (also applied to guidance)
+NORM_EPS = 1e-6
+MLP_RATIO = 4
+FP16_MAX = 65504.0
+EXACT_BITS = 12  # RoPE frequency head width: pos · head is exact in fp32 for |pos| < 2**12
+
+
+@dataclasses.dataclass(frozen=True)
+class FluxConfig:
+    """Field names and defaults of diffusers' `FluxTransformer2DModel` config.json."""
+
+    patch_size: int = 1
+    in_channels: int = 64
+    out_channels: int | None = None
+    num_layers: int = 19
+    num_single_layers: int = 38
+    attention_head_dim: int = 128
+    num_attention_heads: int = 24
+    joint_attention_dim: int = 4096
+    pooled_projection_dim: int = 768
+    guidance_embeds: bool = False
+    axes_dims_rope: tuple[int, ...] = (16, 56, 56)
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FluxConfig":
+        """Reads a diffusers config dict; unknown keys (`_class_name`, …) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict in diffusers' layout (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# ----------------------------------------------------------------------------- positional tables
+
+
+def timestep_projection(t: jax.Array, dim: int = TIMESTEP_CHANNELS) -> jax.Array:
+    """diffusers `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`: `[B]` → `[B, dim]` fp32.
+
+    Frequencies are float64-exact constants rounded to fp32 (torch's fp32 `exp` is nearly correctly
+    rounded; `jnp.exp` is off by an ulp more often, which matters at guidance × 1000 arguments).
+    """
+    half = dim // 2
+    exponent = np.float32(-math.log(MAX_PERIOD)) * np.arange(half, dtype=np.float32) / np.float32(half)
+    freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)  # [half]
+    args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, half]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)  # [B, dim]
+
+
+def rope_tables(ids: jax.Array, axes_dims: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """RoPE tables for position ids `[S, n_axes]` (diffusers `FluxPosEmbed`, theta 10000).
+
+    Returns (cos, sin) each `[S, sum(axes_dims)]`, interleaved pairs; `sin` carries the rotation's
+    sign (−sin on even lanes) so that `apply_rope` is two multiplies and a pair swap.
+    diffusers works in float64; we split each frequency into a 12-bit head (so `pos · head` is
+    exact in fp32 for integer |pos| < 2¹²) and a tail, and use the angle-addition formulas: the
+    tables then match float64 to ~1 ulp instead of ~1e-5 at positions ~100.
+    """
+    freqs, axis_of = [], []
+    for axis, dim in enumerate(axes_dims):
+        freqs.append(1.0 / ROPE_THETA ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+        axis_of += [axis] * (dim // 2)
+    freqs = np.concatenate(freqs)  # [D/2] float64
+    mantissa, exponent = np.frexp(freqs)
+    head = np.ldexp(np.round(mantissa * 2.0 ** EXACT_BITS) / 2.0 ** EXACT_BITS, exponent)
+    tail = (freqs - head).astype(np.float32)
+    pos = ids.astype(jnp.float32)[:, np.asarray(axis_of)]  # [S, D/2]
+    coarse, fine = pos * head.astype(np.float32), pos * tail  # angle = coarse + fine
+    cos_c, sin_c, cos_f, sin_f = jnp.cos(coarse), jnp.sin(coarse), jnp.cos(fine), jnp.sin(fine)
+    cos = cos_c * cos_f - sin_c * sin_f  # [S, D/2]
+    sin = sin_c * cos_f + cos_c * sin_f  # [S, D/2]
+    # Repeat-interleave (and sign) as a product with a 0/±1 matrix: exact, and the matmul makes XLA
+    # materialise the tables once instead of fusing their sin/cos into every q/k rotation.
+    expand = np.repeat(np.eye(len(freqs), dtype=np.float32), 2, axis=1)  # [D/2, D]
+    sign = np.tile(np.array([-1.0, 1.0], np.float32), len(freqs))  # [D]
+    return (jnp.dot(cos, expand, precision=jax.lax.Precision.HIGHEST),  # [S, D]
+            jnp.dot(sin, expand * sign, precision=jax.lax.Precision.HIGHEST))  # [S, D]
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, signed_sin: jax.Array) -> jax.Array:
+    """diffusers `apply_rotary_emb(use_real_unbind_dim=-1)` on `[B, S, H, D]` with `rope_tables` output."""
+    x32 = x.astype(jnp.float32)
+    swapped = x32.reshape(*x.shape[:-1], -1, 2)[..., ::-1].reshape(x.shape)  # (x1, x0) per pair
+    out = x32 * cos[None, :, None, :] + swapped * signed_sin[None, :, None, :]
+    return out.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- small layers
+
+
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _layer_norm(x: jax.Array) -> jax.Array:
+    """Affine-free LayerNorm(eps=1e-6), fp32 statistics."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + NORM_EPS)).astype(x.dtype)
+
+
+def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """norm(x) · (1 + scale) + shift with per-sample `[B, D]` shift/scale."""
+    return _layer_norm(x) * (1 + scale[:, None]) + shift[:, None]
+
+
+def _clip_fp16(x: jax.Array) -> jax.Array:
+    """diffusers clamps fp16 residual streams to the finite range (no-op for other dtypes)."""
+    return jnp.clip(x, -FP16_MAX, FP16_MAX) if x.dtype == jnp.float16 else x
+
+
+class TimestepEmbedding(nnx.Module):
+    """linear_1 → SiLU → linear_2 (diffusers `TimestepEmbedding` and `PixArtAlphaTextProjection`)."""
+
+    def __init__(self, in_features: int, dim: int, *, param_dtype, rngs: nnx.Rngs):
+        self.linear_1 = Linear(in_features, dim, axes=(None, "mlp"), param_dtype=param_dtype, rngs=rngs)
+        self.linear_2 = Linear(dim, dim, axes=("mlp", "embed"), param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.linear_2(jax.nn.silu(self.linear_1(x)))
+
+
+class TimeTextEmbed(nnx.Module):
+    """diffusers `CombinedTimestep[Guidance]TextProjEmbeddings`: temb = t + [g] + pooled text."""
+
+    def __init__(self, dim: int, pooled_dim: int, guidance_embeds: bool, *, param_dtype,
+                 rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, rngs=rngs)
+        self.timestep_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim, **kw)
+        if guidance_embeds:
+            self.guidance_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim, **kw)
+        self.text_embedder = TimestepEmbedding(pooled_dim, dim, **kw)
+
+    def __call__(self, timestep: jax.Array, guidance: jax.Array | None,
+                 pooled: jax.Array) -> jax.Array:
+        dtype = pooled.dtype
+        temb = self.timestep_embedder(timestep_projection(timestep).astype(dtype))  # [B, D]
+        if guidance is not None:
+            temb = temb + self.guidance_embedder(timestep_projection(guidance).astype(dtype))
+        return temb + self.text_embedder(pooled)
+
+
+class AdaLayerNorm(nnx.Module):
+    """`linear(silu(temb))` split in `n` chunks (diffusers AdaLayerNormZero[Single] / Continuous).
+
+    The modulation output stays unsharded over heads/mlp: it is indexed by chunks of the full width.
+    """
+
+    def __init__(self, dim: int, n: int, *, param_dtype, rngs: nnx.Rngs):
+        self.n = n
+        self.linear = Linear(dim, n * dim, axes=("embed", None), param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, temb: jax.Array, dtype=None) -> list[jax.Array]:
+        emb = jax.nn.silu(temb).astype(dtype or temb.dtype)
+        return jnp.split(self.linear(emb), self.n, axis=-1)  # n × [B, D]
+
+
+class FeedForward(nnx.Module):
+    """diffusers `FeedForward(activation_fn="gelu-approximate")`: net = [GELU(proj), Dropout, Linear]."""
+
+    def __init__(self, dim: int, *, param_dtype, rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, rngs=rngs)
+        self.net = nnx.List([GELUProj(dim, MLP_RATIO * dim, **kw), None,  # None: Dropout slot
+                             Linear(MLP_RATIO * dim, dim, axes=("mlp", "embed"), **kw)])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.net[2](self.net[0](x))
+
+
+class GELUProj(nnx.Module):
+    """diffusers `GELU(approximate="tanh")`: gelu(proj(x))."""
+
+    def __init__(self, dim: int, hidden: int, *, param_dtype, rngs: nnx.Rngs):
+        self.proj = Linear(dim, hidden, axes=("embed", "mlp"), param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return _gelu_tanh(self.proj(x))
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _project_heads(x: jax.Array, linear: Linear, heads: int) -> jax.Array:
+    """`[B, S, D]` → `[B, S, N, H]` through a Linear whose output is N·H wide."""
+    kernel = linear.kernel[...].astype(x.dtype)
+    kernel = kernel.reshape(kernel.shape[0], heads, -1)  # [D, N, H]
+    y = jnp.einsum("BSD,DNH->BSNH", x, kernel)
+    return y + linear.bias[...].astype(x.dtype).reshape(heads, -1)
+
+
+def _merge_heads(x: jax.Array, linear: Linear) -> jax.Array:
+    """`[B, S, N, H]` → `[B, S, D]` through a Linear whose input is N·H wide."""
+    n, h = x.shape[-2:]
+    kernel = linear.kernel[...].astype(x.dtype).reshape(n, h, -1)  # [N, H, D]
+    return jnp.einsum("BSNH,NHD->BSD", x, kernel) + linear.bias[...].astype(x.dtype)
+
+
+class FluxAttention(nnx.Module):
+    """diffusers `FluxAttention` + `FluxAttnProcessor`; joint [txt, img] when `added_kv_proj_dim`."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, *, added_kv: bool, pre_only: bool,
+                 param_dtype, rngs: nnx.Rngs):
+        self.heads, self.head_dim = heads, head_dim
+        inner = heads * head_dim
+        kw = dict(param_dtype=param_dtype, rngs=rngs)
+        qkv = dict(axes=("embed", "heads"), **kw)
+        self.norm_q = RMSNorm(head_dim, eps=NORM_EPS, param_dtype=param_dtype)
+        self.norm_k = RMSNorm(head_dim, eps=NORM_EPS, param_dtype=param_dtype)
+        self.to_q, self.to_k, self.to_v = (Linear(dim, inner, **qkv) for _ in range(3))
+        if not pre_only:  # to_out[1] is a Dropout in diffusers: nothing to hold
+            self.to_out = nnx.List([Linear(inner, dim, axes=("heads", "embed"), **kw)])
+        if added_kv:
+            self.norm_added_q = RMSNorm(head_dim, eps=NORM_EPS, param_dtype=param_dtype)
+            self.norm_added_k = RMSNorm(head_dim, eps=NORM_EPS, param_dtype=param_dtype)
+            self.add_q_proj, self.add_k_proj, self.add_v_proj = (Linear(dim, inner, **qkv)
+                                                                 for _ in range(3))
+            self.to_add_out = Linear(inner, dim, axes=("heads", "embed"), **kw)
+
+    def _qkv(self, x, to_q, to_k, to_v, norm_q, norm_k):
+        """`[B, S, D]` → normalised q, k and v, each `[B, S, N, H]`."""
+        q = norm_q(_project_heads(x, to_q, self.heads))
+        k = norm_k(_project_heads(x, to_k, self.heads))
+        return q, k, _project_heads(x, to_v, self.heads)
+
+    def _attend(self, q, k, v, rope):
+        """RoPE then softmax attention over `[B, S, N, H]`; the softmax scale rides on q's rotation
+        (an S·H multiply fused into RoPE instead of an S·S one on the logits)."""
+        cos, sin = rope
+        scale = 1.0 / math.sqrt(self.head_dim)
+        q, k = apply_rope(q, cos * scale, sin * scale), apply_rope(k, cos, sin)
+        return attention(q, k, v, scale=1.0)  # [B, S, N, H]
+
+    def joint(self, img: jax.Array, txt: jax.Array, rope) -> tuple[jax.Array, jax.Array]:
+        """Double-stream attention: returns (img_out `[B, Si, D]`, txt_out `[B, St, D]`)."""
+        qi, ki, vi = self._qkv(img, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
+        qt, kt, vt = self._qkv(txt, self.add_q_proj, self.add_k_proj, self.add_v_proj,
+                               self.norm_added_q, self.norm_added_k)
+        cat = lambda a, b: jnp.concatenate([a, b], axis=1)  # [B, St + Si, N, H]
+        out = self._attend(cat(qt, qi), cat(kt, ki), cat(vt, vi), rope)
+        n_txt = txt.shape[1]
+        return _merge_heads(out[:, n_txt:], self.to_out[0]), _merge_heads(out[:, :n_txt], self.to_add_out)
+
+    def __call__(self, x: jax.Array, rope) -> jax.Array:
+        """Single-stream attention without output projection: `[B, S, D]` → `[B, S, N, H]`."""
+        q, k, v = self._qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
+        return self._attend(q, k, v, rope)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class FluxTransformerBlock(nnx.Module):
+    """Double-stream (MMDiT) block with AdaLN-Zero modulation for each stream."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, *, param_dtype, rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = AdaLayerNorm(dim, 6, **kw)
+        self.norm1_context = AdaLayerNorm(dim, 6, **kw)
+        self.attn = FluxAttention(dim, heads, head_dim, added_kv=True, pre_only=False, **kw)
+        self.ff = FeedForward(dim, **kw)
+        self.ff_context = FeedForward(dim, **kw)
+
+    def __call__(self, img, txt, temb, rope):
+        shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = self.norm1(temb)  # 6 × [B, D]
+        c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(temb)
+        img_attn, txt_attn = self.attn.joint(_modulate(img, shift, scale),
+                                             _modulate(txt, c_shift, c_scale), rope)
+        img = img + gate[:, None] * img_attn
+        img = img + gate_mlp[:, None] * self.ff(_modulate(img, shift_mlp, scale_mlp))
+        txt = txt + c_gate[:, None] * txt_attn
+        txt = txt + c_gate_mlp[:, None] * self.ff_context(_modulate(txt, c_shift_mlp, c_scale_mlp))
+        return img, _clip_fp16(txt)
+
+
+class FluxSingleTransformerBlock(nnx.Module):
+    """Single-stream block on the joint sequence: parallel attention and MLP, one output projection."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, *, param_dtype, rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, rngs=rngs)
+        self.norm = AdaLayerNorm(dim, 3, **kw)
+        self.proj_mlp = Linear(dim, MLP_RATIO * dim, axes=("embed", "mlp"), **kw)
+        # proj_out reads [attn (heads), mlp] packed along its input axis, so that axis is unnamed.
+        self.proj_out = Linear(dim + MLP_RATIO * dim, dim, axes=(None, "embed"), **kw)
+        self.attn = FluxAttention(dim, heads, head_dim, added_kv=False, pre_only=True, **kw)
+
+    def __call__(self, x, temb, rope):
+        shift, scale, gate = self.norm(temb)  # 3 × [B, D]
+        h = _modulate(x, shift, scale)
+        attn = self.attn(h, rope)  # [B, S, N, H]
+        mlp = _gelu_tanh(self.proj_mlp(h))  # [B, S, 4D]
+        b, s, n, hd = attn.shape
+        packed = jnp.concatenate([attn.reshape(b, s, n * hd), mlp], axis=-1)  # [B, S, 5D]
+        return _clip_fp16(x + gate[:, None] * self.proj_out(packed))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class FluxTransformer2DModel(nnx.Module):
+    """diffusers `FluxTransformer2DModel` (dev: `guidance_embeds=True`, schnell: False)."""
+
+    def __init__(self, config: FluxConfig, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        c, dim = config, config.inner_dim
+        kw = dict(param_dtype=param_dtype, rngs=rngs)
+        out_channels = c.out_channels or c.in_channels
+        self.time_text_embed = TimeTextEmbed(dim, c.pooled_projection_dim, c.guidance_embeds, **kw)
+        self.context_embedder = Linear(c.joint_attention_dim, dim, axes=(None, "embed"), **kw)
+        self.x_embedder = Linear(c.in_channels, dim, axes=(None, "embed"), **kw)
+        block = (dim, c.num_attention_heads, c.attention_head_dim)
+        self.transformer_blocks = nnx.List(
+            [FluxTransformerBlock(*block, **kw) for _ in range(c.num_layers)])
+        self.single_transformer_blocks = nnx.List(
+            [FluxSingleTransformerBlock(*block, **kw) for _ in range(c.num_single_layers)])
+        self.norm_out = AdaLayerNorm(dim, 2, **kw)  # AdaLayerNormContinuous: (scale, shift)
+        self.proj_out = Linear(dim, c.patch_size ** 2 * out_channels, axes=("embed", None), **kw)
+
+    def __call__(self, hidden_states: jax.Array, encoder_hidden_states: jax.Array,
+                 pooled_projections: jax.Array, timestep: jax.Array, img_ids: jax.Array,
+                 txt_ids: jax.Array, guidance: jax.Array | None = None) -> jax.Array:
+        """Predicts the flow for packed latents.
+
+        Args:
+          hidden_states: `[B, S_img, in_channels]` packed latents.
+          encoder_hidden_states: `[B, S_txt, joint_attention_dim]` T5 embeddings.
+          pooled_projections: `[B, pooled_projection_dim]` CLIP pooled embedding.
+          timestep: `[B]` sigma in [0, 1] (×1000 inside).
+          img_ids: `[S_img, 3]` position ids (row, col in the last two); txt_ids: `[S_txt, 3]`.
+          guidance: `[B]` guidance scale (×1000 inside); required iff `guidance_embeds`.
+
+        Returns:
+          `[B, S_img, patch_size² · out_channels]`.
+        """
+        if (guidance is not None) != self.config.guidance_embeds:
+            raise ValueError(f"guidance is {'given' if guidance is not None else 'missing'} but "
+                             f"guidance_embeds={self.config.guidance_embeds}")
+        dtype = hidden_states.dtype
+        encoder_hidden_states = encoder_hidden_states.astype(dtype)
+        pooled_projections = pooled_projections.astype(dtype)
+        txt_ids = txt_ids[0] if txt_ids.ndim == 3 else txt_ids  # diffusers' deprecated batched ids
+        img_ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+        img = self.x_embedder(hidden_states)  # [B, Si, D]
+        timestep = timestep.astype(dtype) * TIME_SCALE
+        guidance = None if guidance is None else guidance.astype(dtype) * TIME_SCALE
+        temb = self.time_text_embed(timestep, guidance, pooled_projections)  # [B, D]
+        txt = self.context_embedder(encoder_hidden_states)  # [B, St, D]
+        rope = rope_tables(jnp.concatenate([txt_ids, img_ids], axis=0),
+                           self.config.axes_dims_rope)  # 2 × [St + Si, H]
+
+        for block in self.transformer_blocks:
+            img, txt = block(img, txt, temb, rope)
+        n_txt = txt.shape[1]
+        x = jnp.concatenate([txt, img], axis=1)  # [B, St + Si, D]
+        for block in self.single_transformer_blocks:
+            x = block(x, temb, rope)
+        img = x[:, n_txt:]  # [B, Si, D]
+
+        scale, shift = self.norm_out(temb, dtype)
+        return self.proj_out(_modulate(img, shift, scale))
