@@ -11,14 +11,15 @@ NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
 
-def load_model(path, *, dtype=None, mesh=None):
+def load_model(path, *, dtype=None, mesh=None, config=None):
     """Load a diffusers directory, a single-file safetensors or a converted jaxdiff checkpoint.
 
-    Returns a ready Flax nnx module (family detected from config/keys). See convert/loader.py.
+    Returns a ready Flax nnx module (family detected from config/keys; `config` overrides what a
+    single file cannot say, e.g. a head dim other than 128). See convert/loader.py.
     """
     from .convert.loader import load_model as _load_model
 
-    return _load_model(path, dtype=dtype, mesh=mesh)
+    return _load_model(path, dtype=dtype, mesh=mesh, config=config)
 
 
 __all__ = ["load_model", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]

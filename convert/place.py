@@ -2,12 +2,18 @@
 
 A torch key `a.b.0.c.weight` names our parameter path `('a', 'b', 0, 'c', 'kernel' | 'scale')`;
 see models_flax/layers.py for the layout conventions this relies on.
+
+Two ways in: `load_state_dict(module, tensors)` copies a dict into a materialised module (tests);
+`plan_placement` + `fill` check a whole checkpoint against an *abstract* model (`nnx.eval_shape`)
+from shapes alone, then fill its parameters unit by unit (a block at a time), optionally straight onto
+a mesh — so loading never allocates random weights and errors surface before any data is read.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -31,6 +37,16 @@ def to_flax_layout(leaf: str, array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         return array.T
     return np.transpose(array, tuple(range(2, array.ndim)) + (1, 0))
+
+
+def flax_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape `to_flax_layout` gives an array of torch `shape` (no data touched)."""
+    shape = tuple(shape)
+    if leaf != "kernel" or len(shape) < 2:
+        return shape
+    if len(shape) == 2:
+        return shape[::-1]
+    return shape[2:] + (shape[1], shape[0])
 
 
 def _listing(items: list[str]) -> str:
@@ -76,15 +92,91 @@ def load_state_dict(module: nnx.Module, tensors: Mapping[str, np.ndarray], *,
             mismatched.append(f"{key}: checkpoint {tuple(np.asarray(array).shape)} → "
                               f"{tuple(value.shape)} vs model {tuple(var.shape)}")
             continue
-        var.value = jnp.asarray(value, dtype=dtype or var.dtype)
+        var.set_value(jnp.asarray(value, dtype=dtype or var.dtype))
         seen.add(path)
     missing = [path_to_key(p) for p in targets if p not in seen]
+    _raise_problems(source, type(module).__name__, unexpected, missing, mismatched)
+
+
+Path = tuple[str | int, ...]
+
+
+def unit_of(path: Path) -> Path:
+    """The piece a parameter is loaded and saved with: a list element (`transformer_blocks.3`) or a
+    top-level module (`x_embedder`, `encoder`)."""
+    if len(path) > 2 and isinstance(path[1], int):
+        return path[:2]
+    return path[:1]
+
+
+def _raise_problems(source: str, model: str, unexpected: list[str], missing: list[str],
+                    mismatched: list[str], missing_what: str = "parameter(s)") -> None:
     problems = []
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(sorted(unexpected))}")
     if missing:
-        problems.append(f"{len(missing)} missing parameter(s): {_listing(missing)}")
+        problems.append(f"{len(missing)} missing {missing_what}: {_listing(missing)}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_listing(mismatched)}")
     if problems:
-        raise ValueError(f"{source} does not fit {type(module).__name__}: " + "; ".join(problems))
+        raise ValueError(f"{source} does not fit {model}: " + "; ".join(problems))
+
+
+def plan_placement(shapes: Mapping[str, tuple[int, ...]], params: Mapping[Path, nnx.Variable], *,
+                   unknown: Iterable[str] = (), missing_keys: Iterable[str] = (),
+                   source: str = "checkpoint", model: str = "model") -> dict[Path, str]:
+    """Match torch-named tensor `shapes` to abstract `params`: `{param_path: torch_key}`.
+
+    `unknown` are source keys the rename step could not map; `missing_keys` are source keys the
+    rename step expected but did not find (named instead of the parameters they would have filled).
+    Raises ValueError listing unexpected keys, missing keys/parameters and shape mismatches (a few of
+    each, then a count).
+    """
+    unexpected, mismatched, placed = list(unknown), [], {}
+    for key, shape in shapes.items():
+        path = resolve_path(key, params)
+        if path is None:
+            unexpected.append(key)
+            continue
+        want, got = tuple(params[path].shape), flax_shape(str(path[-1]), shape)
+        if want != got:
+            mismatched.append(f"{key}: checkpoint {tuple(shape)} → {got} vs model {want}")
+            continue
+        placed[path] = key
+    missing_keys = sorted(missing_keys)
+    missing = missing_keys or [path_to_key(p) for p in params if p not in placed]
+    _raise_problems(source, model, unexpected, missing, mismatched,
+                    missing_what="key(s)" if missing_keys else "parameter(s)")
+    return placed
+
+
+def partition_shardings(state: nnx.State, mesh: jax.sharding.Mesh,
+                        rules) -> dict[Path, jax.sharding.NamedSharding]:
+    """`{param_path: NamedSharding}` from the parameters' logical axis names and `rules`."""
+    with nnx.logical_axis_rules(rules):
+        specs = nnx.get_partition_spec(state)
+    return {tuple(p): jax.sharding.NamedSharding(mesh, _on_mesh(v.get_value(), mesh))
+            for p, v in nnx.to_flat_state(specs)}
+
+
+def _on_mesh(spec: jax.sharding.PartitionSpec, mesh: jax.sharding.Mesh) -> jax.sharding.PartitionSpec:
+    """Drop mesh axes the rules name but `mesh` lacks (e.g. no `fsdp` axis → that dim is replicated)."""
+    def keep(entry):
+        if entry is None:
+            return None
+        names = tuple(n for n in ((entry,) if isinstance(entry, str) else entry) if n in mesh.axis_names)
+        return None if not names else names[0] if len(names) == 1 else names
+    return jax.sharding.PartitionSpec(*(keep(e) for e in spec))
+
+
+def fill(params: Mapping[Path, nnx.Variable], arrays: Iterable[tuple[Path, np.ndarray]],
+         shardings: Mapping[Path, jax.sharding.Sharding] | None = None) -> None:
+    """Set each abstract parameter from `(path, array)` pairs (already in our layout), casting to the
+    parameter's dtype and placing it with its sharding when given."""
+    for path, array in arrays:
+        var = params[path]
+        array = np.asarray(array).astype(var.dtype, copy=False)
+        if shardings is not None:
+            var.set_value(jax.device_put(array, shardings[path]))
+        else:
+            var.set_value(jnp.asarray(array))

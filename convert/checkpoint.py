@@ -1,0 +1,175 @@
+"""The converted jaxdiff checkpoint: write it atomically, unit by unit; restore it, optionally sharded.
+
+Layout of a converted directory:
+
+    OUT/
+      jaxdiff.json              format, format_version, family, class_name, config (diffusers
+                                config.json fields), dtype, units, num_tensors, source
+      params/<unit>/            one orbax StandardCheckpointer item per unit: a top-level module
+                                (`x_embedder`, `encoder`) or one list element (`transformer_blocks.7`);
+                                its tree is the unit's parameters keyed by our path (list indices
+                                as strings), e.g. {"attn": {"to_q": {"kernel", "bias"}}, …}
+
+Each unit is saved and released before the next is read, so conversion memory is one block. The
+directory is built as a temp dir beside OUT, `jaxdiff.json` is written last, then it is renamed into
+place; on any failure or interrupt the temp dir is removed, so a path either holds a complete
+checkpoint or nothing `load_model` accepts. Imports jax/flax/orbax only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .detect import META_NAME
+from .families import FAMILIES, abstract_model, canonical_dtype
+from .place import Path as ParamPath, partition_shardings, unit_of
+
+FORMAT_NAME = "jaxdiff"
+FORMAT_VERSION = 1
+PARAMS_DIR = "params"
+
+
+def unit_name(unit: ParamPath) -> str:
+    return ".".join(str(p) for p in unit)
+
+
+def _nest(items: Iterable[tuple[ParamPath, Any]]) -> dict:
+    """`[(('attn', 'to_q', 'kernel'), x), …]` → `{'attn': {'to_q': {'kernel': x}}}` (string keys)."""
+    tree: dict = {}
+    for path, value in items:
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(str(part), {})
+        node[str(path[-1])] = value
+    return tree
+
+
+def _lookup(tree: Mapping, path: ParamPath):
+    for part in path:
+        tree = tree[str(part)]
+    return tree
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp  # heavy; only when converting or restoring
+
+    return ocp.StandardCheckpointer()
+
+
+def _save_unit(checkpointer, directory: Path, tree: dict) -> None:
+    checkpointer.save(directory, tree)
+    checkpointer.wait_until_finished()  # bound memory: this unit is on disk before the next is read
+
+
+def _write_json(path: Path, data: dict) -> None:
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(partial, path)
+
+
+def write_converted(out, *, family: str, config: dict, dtype, units, overwrite: bool = False,
+                    source: str = "", num_tensors: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> Path:
+    """Write `units` (`(unit_path, [(param_path, array), …])`, e.g. `Plan.units()`) to `out`.
+
+    Raises FileExistsError when `out` exists and not `overwrite`.
+    """
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        checkpointer = _checkpointer()
+        try:
+            names, count = [], 0
+            for unit, arrays in units:
+                tree = _nest((path[len(unit):], array) for path, array in arrays)
+                _save_unit(checkpointer, tmp / PARAMS_DIR / unit_name(unit), tree)
+                names.append(unit_name(unit))
+                count += len(arrays)
+                if progress:
+                    progress(len(arrays))
+                del tree, arrays
+        finally:
+            checkpointer.close()
+        _write_json(tmp / META_NAME, {
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "family": family,
+            "class_name": FAMILIES[family].class_name, "config": config,
+            "dtype": canonical_dtype(dtype).name, "units": names,
+            "num_tensors": count if num_tensors is None else num_tensors, "source": source,
+        })
+        if out.exists():  # overwrite: swap the old one out, then delete it
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_meta(path) -> dict:
+    """The validated `jaxdiff.json` of a converted checkpoint directory."""
+    meta_path = Path(path) / META_NAME
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path}: not a converted jaxdiff checkpoint (no {META_NAME}; an "
+                                "interrupted conversion leaves none)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: unsupported format {meta.get('format')!r} version "
+                         f"{meta.get('format_version')!r} (this jaxdiff reads {FORMAT_NAME} "
+                         f"v{FORMAT_VERSION})")
+    if meta.get("family") not in FAMILIES:
+        raise ValueError(f"{meta_path}: unknown model family {meta.get('family')!r}")
+    return meta
+
+
+def restore(path, *, dtype=None, mesh=None, progress: Callable[[int], None] | None = None) -> nnx.Module:
+    """Rebuild the model of a converted checkpoint, unit by unit, optionally straight onto `mesh`."""
+    path = Path(path)
+    meta = read_meta(path)
+    dtype = canonical_dtype(dtype if dtype is not None else meta["dtype"])
+    graphdef, state = abstract_model(meta["family"], meta["config"], dtype)
+    params = {tuple(p): v for p, v in nnx.to_flat_state(state)}
+    shardings = None
+    if mesh is not None:
+        from ..sharding.rules import DEFAULT_RULES
+        shardings = partition_shardings(state, mesh, DEFAULT_RULES)
+    by_unit: dict[ParamPath, list[ParamPath]] = defaultdict(list)
+    for p in params:
+        by_unit[unit_of(p)].append(p)
+    absent = sorted(set(map(unit_name, by_unit)) - set(meta["units"]))
+    if absent:
+        raise ValueError(f"{path}: checkpoint lacks unit(s) {', '.join(absent[:5])} of "
+                         f"{meta['class_name']} (units stored: {len(meta['units'])})")
+    checkpointer = _checkpointer()
+    try:
+        for unit, paths in by_unit.items():
+            target = _nest((p[len(unit):], jax.ShapeDtypeStruct(
+                params[p].shape, dtype, sharding=None if shardings is None else shardings[p]))
+                for p in paths)
+            restored = checkpointer.restore(path / PARAMS_DIR / unit_name(unit), target)
+            for p in paths:
+                value = _lookup(restored, p[len(unit):])
+                params[p].set_value(value if isinstance(value, jax.Array) else jnp.asarray(value))
+            if progress:
+                progress(len(paths))
+            del restored
+    finally:
+        checkpointer.close()
+    return nnx.merge(graphdef, state)

@@ -1,0 +1,35 @@
+"""`jaxdiff convert SRC OUT [--dtype] [--overwrite]`: torch checkpoint → converted jaxdiff checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="diffusers model directory (config.json + *.safetensors, sharded "
+                        "or not) or a single .safetensors file (BFL / ComfyUI Flux, fp8 included)")
+    parser.add_argument("out", help="output directory (written atomically: complete or absent)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="parameter dtype (default: the checkpoint's; fp8 → bfloat16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .loader import open_plan, write_plan
+
+    try:
+        if Path(args.out).exists() and not args.overwrite:  # before any work or progress bar
+            raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+        with open_plan(args.src, dtype=args.dtype) as plan, \
+                tqdm(total=plan.num_tensors, unit="tensor", desc=f"convert {plan.family}") as bar:
+            out = write_plan(plan, args.out, overwrite=args.overwrite, progress=bar.update)
+            summary = f"{plan.family}, {plan.dtype.name}, {plan.num_tensors} tensors"
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"jaxdiff convert: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({summary})")
+    return 0

@@ -1,0 +1,82 @@
+"""What is at a path: a converted jaxdiff checkpoint, a diffusers model directory or a single file.
+
+Only file names and small JSON files are read here; single-file layouts are told apart by their keys
+in loader.py (they need the safetensors header).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .families import family_for_class
+from .safetensors_io import PICKLE_SUFFIXES, refuse_pickle
+
+CONFIG_NAME = "config.json"
+META_NAME = "jaxdiff.json"  # written last: its presence marks a complete converted checkpoint
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+PIPELINE_INDEX = "model_index.json"
+
+
+@dataclass
+class Source:
+    path: Path
+    kind: str  # "converted" | "diffusers" | "single_file"
+    family: str | None = None  # known up front for diffusers dirs (config.json `_class_name`)
+    config: dict | None = None
+    files: list[Path] = field(default_factory=list)  # safetensors files holding the weights
+
+
+def _diffusers_weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a diffusers model dir: from `*.safetensors.index.json`, else the one file."""
+    indexes = sorted(path.glob("*.safetensors.index.json"))
+    if indexes:
+        preferred = [p for p in indexes if p.name == DIFFUSERS_WEIGHTS + ".index.json"]
+        index = (preferred or indexes)[0]
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not weight_map:
+            raise ValueError(f"{index}: no weight_map in the shard index")
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        absent = [str(f) for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"{index}: shard file(s) listed but missing: {', '.join(absent)}")
+        return files
+    if (path / DIFFUSERS_WEIGHTS).is_file():
+        return [path / DIFFUSERS_WEIGHTS]
+    found = sorted(path.glob("*.safetensors"))
+    if len(found) == 1:
+        return found
+    if found:
+        raise ValueError(f"{path}: several .safetensors files and no *.safetensors.index.json to say "
+                         f"which to use: {', '.join(f.name for f in found)}")
+    pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        refuse_pickle(pickles[0])
+    raise FileNotFoundError(f"{path}: no .safetensors weights in this diffusers model directory")
+
+
+def inspect_path(path: str | Path) -> Source:
+    """Classify `path`; raises FileNotFoundError/ValueError saying what is missing or refused."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_file():
+        refuse_pickle(path)
+        if path.suffix.lower() != ".safetensors":
+            raise ValueError(f"{path}: not a .safetensors file (single-file checkpoints must be "
+                             "safetensors; converted checkpoints and diffusers models are directories)")
+        return Source(path, "single_file", files=[path])
+    if (path / META_NAME).is_file():
+        return Source(path, "converted")
+    if not (path / CONFIG_NAME).is_file():
+        if (path / PIPELINE_INDEX).is_file():
+            raise ValueError(f"{path}: a diffusers pipeline directory; pass one model subfolder "
+                             "(e.g. transformer/ or vae/)")
+        raise FileNotFoundError(
+            f"{path}: not a loadable directory — no {CONFIG_NAME} (a diffusers model directory needs "
+            f"one) and no {META_NAME} (a complete converted jaxdiff checkpoint has one; an interrupted "
+            "conversion leaves none)")
+    config = json.loads((path / CONFIG_NAME).read_text())
+    family = family_for_class(config.get("_class_name"), str(path / CONFIG_NAME))
+    return Source(path, "diffusers", family, config, _diffusers_weight_files(path))
