@@ -19,17 +19,15 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
                   mask: jax.Array | None = None) -> jax.Array:
     """Plain softmax attention; softmax in float32. mask: bool `[B or 1, 1 or H, Sq, Sk]`, True = keep.
 
-    Written as dot_generals whose batch axes lead ([B, H]) so that XLA never transposes the
-    `[B, H, Sq, Sk]` probabilities; only the small `[B, H, Sq, D]` output is swapped back.
+    Runs head-major (`[B, H, S, D]`): XLA then fuses scores, softmax and the value product without
+    transposing the `[B, H, Sq, Sk]` probabilities; only q/k/v and the output are swapped.
     """
-    # contract D, batch over (B, H): [B, H, Sq, Sk]
-    logits = jax.lax.dot_general(q, k, (((3,), (3,)), ((0, 2), (0, 2))),
-                                 preferred_element_type=jnp.float32) * scale
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, H, S, D]
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jax.lax.dot_general(probs, v, (((3,), (1,)), ((0, 1), (0, 2))))  # [B, H, Sq, D]
-    return jnp.swapaxes(out, 1, 2)  # [B, Sq, H, D]
+    return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs, v), 1, 2)  # [B, Sq, H, D]
 
 
 def _cudnn_ok(q: jax.Array) -> bool:

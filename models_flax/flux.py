@@ -226,9 +226,8 @@ def _project_heads(x: jax.Array, linear: Linear, heads: int) -> jax.Array:
 
 def _merge_heads(x: jax.Array, linear: Linear) -> jax.Array:
     """`[B, S, N, H]` → `[B, S, D]` through a Linear whose input is N·H wide."""
-    n, h = x.shape[-2:]
-    kernel = linear.kernel[...].astype(x.dtype).reshape(n, h, -1)  # [N, H, D]
-    return jnp.einsum("BSNH,NHD->BSD", x, kernel) + linear.bias[...].astype(x.dtype)
+    b, s, n, h = x.shape
+    return linear(x.reshape(b, s, n * h))
 
 
 class FluxAttention(nnx.Module):
