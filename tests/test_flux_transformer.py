@@ -102,7 +102,7 @@ def test_parameters_carry_logical_axes():
     _, params = nnx.split(model, nnx.Param)
     for path, var in nnx.to_flat_state(params):
         names = _logical_axes(var)
-        assert names is not None and len(names) == var.value.ndim, path
+        assert names is not None and len(names) == var[...].ndim, path
 
 
 def test_guidance_mismatch_is_an_error():
