@@ -1,4 +1,4 @@
-"""Timing and reporting helpers shared by the benchmark scripts (no model code here).
+"""Timing, contenders (ours / torch eager / torchax-jit) and reporting shared by the benchmarks.
 
 Machines running benchmarks are often shared and noisy, so contenders are timed in interleaved
 rounds (A, B, C, A, B, C, …) and reported by their min (the best estimate of the cost) and median.
@@ -14,9 +14,16 @@ import re
 import resource
 import statistics
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 MIB = 1024 * 1024
+OURS, EAGER, TORCHAX = "ours (Flax, jit)", "diffusers torch eager", "diffusers torchax-jit"
+# max |a − b| / max |b| above which two implementations are declared different
+AGREEMENT = {"float32": 1e-4, "bfloat16": 5e-2}  # a faithful fp32 port sits near 1e-6
+NOISE_FLOOR_FACTOR = 10  # …or 10× the torch eager vs torchax difference, when that is larger
 
 
 def cpu_count() -> int:
@@ -153,3 +160,92 @@ def ms(seconds: float | None) -> str:
 
 def mib(n_bytes: int | float | None) -> str:
     return "–" if n_bytes is None else f"{n_bytes / MIB:.1f}"
+
+
+# ----------------------------------------------------------------------------- contenders
+
+
+
+
+def jitted_flax_contender(name: str, build, torch_model, inputs, jax_dtype) -> tuple[Contender, Any]:
+    """Our nnx module (`build(rngs)`, built abstractly) with the torch model's weights, jitted."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxdiff.convert.place import load_state_dict
+
+    # abstract first: no random init to throw away (time, and a second copy of the weights)
+    model = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
+    load_state_dict(model, {k: v.detach().float().cpu().numpy() for k, v in torch_model.state_dict().items()},
+                    source=f"diffusers {type(torch_model).__name__}", dtype=jax_dtype)
+    graphdef, state = nnx.split(model)
+    del model
+
+    def forward(state, kw):
+        return nnx.merge(graphdef, state)(**kw)
+
+    kwargs = {k: None if v is None else jnp.asarray(v, jax_dtype) for k, v in inputs.items()}
+    compile_s, compiled = timed(lambda: jax.jit(forward).lower(state, kwargs).compile())
+    step = lambda: compiled(state, kwargs).block_until_ready()
+    c = Contender(name, step, compile_s=compile_s, memory={"xla": xla_memory(compiled)},
+                  hlo=hlo_stats(compiled))
+    return c, step()
+
+
+def torchax_contender(torch_model, inputs, jax_dtype) -> tuple[Contender, Any]:
+    """The diffusers module traced by torchax (`extract_jax`), jitted."""
+    import jax
+    import jax.numpy as jnp
+    import torchax
+
+    with warnings.catch_warnings():  # torchax asks for 64-bit dtypes that x64-less JAX truncates
+        warnings.filterwarnings("ignore", message="Explicitly requested dtype (float64|int64)")
+        weights, fn = torchax.extract_jax(torch_model)
+
+        def forward(weights, kw):
+            return fn(weights, (), dict(kw, return_dict=False))[0]  # return_dict: static Python value
+
+        kwargs = {k: None if v is None else jnp.asarray(v, jax_dtype) for k, v in inputs.items()}
+        compile_s, compiled = timed(lambda: jax.jit(forward).lower(weights, kwargs).compile())
+    step = lambda: compiled(weights, kwargs).block_until_ready()
+    c = Contender(TORCHAX, step, compile_s=compile_s, memory={"xla": xla_memory(compiled)},
+                  hlo=hlo_stats(compiled))
+    return c, step()
+
+
+def eager_contender(torch_model, inputs, torch_dtype, device) -> tuple[Contender, Any]:
+    import torch
+
+    kwargs = {k: None if v is None else torch.from_numpy(v).to(device=device, dtype=torch_dtype)
+              for k, v in inputs.items()}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step():
+        with torch.inference_mode():
+            out = torch_model(**kwargs, return_dict=False)[0]
+        sync()
+        return out
+
+    return Contender(EAGER, step), step()
+
+
+def agreement(outputs: dict[str, np.ndarray], dtype: str) -> list[dict[str, Any]]:
+    """Max abs / relative diffs of ours against each diffusers path (judged), and between the two
+    diffusers paths (not judged: the same module on two backends, i.e. the noise floor)."""
+    names = list(outputs)
+    pairs = [(names[0], other, names[0] == OURS) for other in names[1:]]
+    if EAGER in outputs and TORCHAX in outputs:
+        pairs.append((TORCHAX, EAGER, False))
+    rows = []
+    for a_name, b_name, judged in pairs:
+        a, b = outputs[a_name].astype(np.float64), outputs[b_name].astype(np.float64)
+        max_abs = float(np.abs(a - b).max())
+        rel = max_abs / max(float(np.abs(b).max()), 1e-30)
+        rows.append({"a": a_name, "b": b_name, "max_abs": max_abs, "rel": rel, "judged": judged})
+    floor = max([r["rel"] for r in rows if not r["judged"]], default=0.0)
+    limit = max(AGREEMENT[dtype], NOISE_FLOOR_FACTOR * floor)  # big models: noise grows with depth
+    for r in rows:
+        r["limit"] = limit
+        r["ok"] = bool(r["rel"] <= limit) or not r["judged"]  # NaN fails
+    return rows

@@ -19,22 +19,18 @@ import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jaxdiff.benchmarks.common import (Contender, cpu_count, current_rss_mib, interleaved_rounds,
-                                       jax_device_info, jax_peak_bytes, markdown_table, mib, ms,
-                                       hlo_stats, peak_rss_mib, timed, xla_memory)
+from jaxdiff.benchmarks.common import (EAGER, OURS, TORCHAX, Contender, agreement, cpu_count,
+                                       current_rss_mib, eager_contender, interleaved_rounds,
+                                       jax_device_info, jax_peak_bytes, jitted_flax_contender,
+                                       markdown_table, mib, ms, peak_rss_mib, torchax_contender)
 
 GUIDANCE = 3.5
 SIGMA = 0.5
-# max |a − b| / max |b| above which two implementations are declared different
-AGREEMENT = {"float32": 1e-4, "bfloat16": 5e-2}  # a faithful fp32 port sits near 1e-6
-NOISE_FLOOR_FACTOR = 10  # …or 10× the torch eager vs torchax difference, when that is larger
-OURS, EAGER, TORCHAX = "ours (Flax, jit)", "diffusers torch eager", "diffusers torchax-jit"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,92 +112,12 @@ def flux_inputs(config: dict[str, Any], *, batch: int, img_tokens: int, txt_toke
 
 
 def ours_contender(torch_model, inputs, jax_dtype) -> tuple[Contender, Any]:
-    """Our module with the torch model's weights, jitted; returns (contender, first output)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from jaxdiff.convert.place import load_state_dict
+    """Our Flux module with the torch model's weights, jitted; returns (contender, first output)."""
     from jaxdiff.models_flax.flux import FluxConfig, FluxTransformer2DModel
 
     config = FluxConfig.from_dict(dict(torch_model.config))
-    # abstract first: no random init to throw away (time, and a second copy of the weights)
-    model = nnx.eval_shape(lambda: FluxTransformer2DModel(config, param_dtype=jax_dtype, rngs=nnx.Rngs(0)))
-    load_state_dict(model, {k: v.detach().float().cpu().numpy() for k, v in torch_model.state_dict().items()},
-                    source="diffusers FluxTransformer2DModel", dtype=jax_dtype)
-    graphdef, state = nnx.split(model)
-    del model
-
-    def forward(state, kw):
-        return nnx.merge(graphdef, state)(**kw)
-
-    kwargs = {k: None if v is None else jnp.asarray(v, jax_dtype) for k, v in inputs.items()}
-    compile_s, compiled = timed(lambda: jax.jit(forward).lower(state, kwargs).compile())
-    step = lambda: compiled(state, kwargs).block_until_ready()
-    c = Contender(OURS, step, compile_s=compile_s, memory={"xla": xla_memory(compiled)},
-                  hlo=hlo_stats(compiled))
-    return c, step()
-
-
-def torchax_contender(torch_model, inputs, jax_dtype) -> tuple[Contender, Any]:
-    """The diffusers module traced by torchax (`extract_jax`), jitted."""
-    import jax
-    import jax.numpy as jnp
-    import torchax
-
-    with warnings.catch_warnings():  # torchax asks for 64-bit dtypes that x64-less JAX truncates
-        warnings.filterwarnings("ignore", message="Explicitly requested dtype (float64|int64)")
-        weights, fn = torchax.extract_jax(torch_model)
-
-        def forward(weights, kw):
-            return fn(weights, (), dict(kw, return_dict=False))[0]  # return_dict: static Python value
-
-        kwargs = {k: None if v is None else jnp.asarray(v, jax_dtype) for k, v in inputs.items()}
-        compile_s, compiled = timed(lambda: jax.jit(forward).lower(weights, kwargs).compile())
-    step = lambda: compiled(weights, kwargs).block_until_ready()
-    c = Contender(TORCHAX, step, compile_s=compile_s, memory={"xla": xla_memory(compiled)},
-                  hlo=hlo_stats(compiled))
-    return c, step()
-
-
-def eager_contender(torch_model, inputs, torch_dtype, device) -> tuple[Contender, Any]:
-    import torch
-
-    kwargs = {k: None if v is None else torch.from_numpy(v).to(device=device, dtype=torch_dtype)
-              for k, v in inputs.items()}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def step():
-        with torch.inference_mode():
-            out = torch_model(**kwargs, return_dict=False)[0]
-        sync()
-        return out
-
-    return Contender(EAGER, step), step()
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def agreement(outputs: dict[str, np.ndarray], dtype: str) -> list[dict[str, Any]]:
-    """Max abs / relative diffs of ours against each diffusers path (judged), and between the two
-    diffusers paths (not judged: the same module on two backends, i.e. the noise floor)."""
-    names = list(outputs)
-    pairs = [(names[0], other, names[0] == OURS) for other in names[1:]]
-    if EAGER in outputs and TORCHAX in outputs:
-        pairs.append((TORCHAX, EAGER, False))
-    rows = []
-    for a_name, b_name, judged in pairs:
-        a, b = outputs[a_name].astype(np.float64), outputs[b_name].astype(np.float64)
-        max_abs = float(np.abs(a - b).max())
-        rel = max_abs / max(float(np.abs(b).max()), 1e-30)
-        rows.append({"a": a_name, "b": b_name, "max_abs": max_abs, "rel": rel, "judged": judged})
-    floor = max([r["rel"] for r in rows if not r["judged"]], default=0.0)
-    limit = max(AGREEMENT[dtype], NOISE_FLOOR_FACTOR * floor)  # big models: noise grows with depth
-    for r in rows:
-        r["limit"] = limit
-        r["ok"] = bool(r["rel"] <= limit) or not r["judged"]  # NaN fails
-    return rows
+    return jitted_flax_contender(OURS, lambda rngs: FluxTransformer2DModel(config, param_dtype=jax_dtype, rngs=rngs),
+                                 torch_model, inputs, jax_dtype)
 
 
 def report(args, config, device: dict, contenders: list[Contender], diffs, rss: dict) -> dict[str, Any]:
