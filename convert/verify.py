@@ -1,9 +1,21 @@
 """`jaxdiff verify PATH`: our Flax module beside the diffusers torch module, traced with torchax.
 
-PATH is a diffusers model directory (config.json + *.safetensors); the family comes from
-config.json `_class_name`. Both sides get the same random inputs; our output is judged against the
-torchax trace of the diffusers module (same XLA backend), and plain torch eager is printed beside it
-for reference. Exit status: 0 all outputs within tolerance, 1 some output is not, 2 cannot run.
+PATH is what we load (`load_model`): a diffusers model directory (config.json + *.safetensors), a
+single-file `.safetensors` (BFL / ComfyUI Flux transformer, also fp8 with or without scales; LDM / BFL
+`ae` VAE) or a converted jaxdiff directory. The torch reference is the diffusers module built from
+`--reference SRC` (a diffusers directory or single file), by default from PATH itself; a converted
+directory holds no torch weights, so it needs `--reference`.
+
+The torch reference of a single file is independent of our key maps: only the config comes from our
+detection (single files carry none; `--config` overrides it). The file is read with
+`safetensors.torch.load_file`, fp8 is dequantised in torch (`weight.float() · scale`; scale and
+input-scale keys dropped), ComfyUI's `model.diffusion_model.` prefix is stripped, and diffusers' own
+`convert_flux_transformer_checkpoint_to_diffusers` / `convert_ldm_vae_checkpoint` rename the keys
+into `FluxTransformer2DModel(**config)` / `AutoencoderKL(**config)` with `load_state_dict(strict=True)`.
+
+Both sides get the same random inputs; our output is judged against the torchax trace of the
+diffusers module (same XLA backend), and plain torch eager is printed beside it for reference.
+Exit status: 0 all outputs within tolerance, 1 some output is not, 2 cannot run.
 
 This is the only runtime module allowed torch/torchax/diffusers (the `verify` extra), and it imports
 them lazily inside `run`. Host memory: about three copies of the model (torch, torchax, ours).
@@ -13,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import sys
 import warnings
@@ -31,6 +44,37 @@ FLUX_IMAGE_SIDE = 8  # 8 × 8 packed latent tokens
 FLUX_TEXT_TOKENS = 16
 FLUX_GUIDANCE = 3.5
 VAE_LATENT_SIDE = 8  # latent is 8 × 8; the image is 8·f × 8·f
+
+# Kinds of path (`Source.kind`).
+DIFFUSERS_DIR, SINGLE_FILE, CONVERTED = "diffusers directory", "single file", "converted jaxdiff checkpoint"
+CONVERTED_META = "jaxdiff.json"  # marks a converted checkpoint directory (convert/detect.py)
+
+# Single-file torch reference (see module docstring).
+COMFY_PREFIX = "model.diffusion_model."
+FP8_WEIGHT_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")  # per-tensor `<m>.weight` scales
+FP8_DROPPED_SUFFIXES = FP8_WEIGHT_SCALE_SUFFIXES + (".scale_input", ".input_scale")
+FP8_MARKER = "scaled_fp8"  # ComfyUI's marker tensor (possibly prefixed)
+# diffusers' `convert_flux_transformer_checkpoint_to_diffusers` hardcodes FLUX.1's width when it splits
+# `single_blocks.N.linear1` = [q; k; v; mlp]; other widths are fed through it zero-padded to that
+# layout and the four parts cut back afterwards (every other key is width-agnostic there).
+DIFFUSERS_FLUX_INNER_DIM = 3072
+DIFFUSERS_FLUX_MLP_RATIO = 4
+SINGLE_BLOCK_FUSED = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")  # linear1 rows, in order
+
+
+class CannotVerify(Exception):
+    """The comparison cannot run (exit status 2); the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One side's checkpoint: what is at `path`, its diffusers class name and config dict."""
+
+    path: Path
+    kind: str  # DIFFUSERS_DIR | SINGLE_FILE | CONVERTED
+    family: str  # FLUX | VAE
+    config: dict[str, Any]
+    origin: str | None = None  # converted checkpoints: the source recorded in jaxdiff.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +95,16 @@ class Comparison:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path, help="diffusers model directory (Flux transformer or AutoencoderKL)")
+    parser.add_argument("path", type=Path,
+                        help="what to load with jaxdiff (Flux transformer or AutoencoderKL): a diffusers "
+                             "model directory, a single-file .safetensors (BFL / ComfyUI Flux, fp8 or "
+                             "not; LDM / BFL ae VAE) or a converted jaxdiff directory (needs --reference)")
+    parser.add_argument("--reference", type=Path, metavar="SRC", default=None,
+                        help="torch source to compare against (diffusers model directory or single file), "
+                             "e.g. what PATH was converted from (default: PATH itself)")
+    parser.add_argument("--config", type=Path, metavar="JSON_FILE", default=None,
+                        help="diffusers config.json-style file for single files whose config cannot be "
+                             "detected (e.g. head dim not 128); used by our loader and the diffusers module")
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="max abs diff allowed between ours and the torchax trace (default 1e-5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
@@ -67,14 +120,91 @@ def read_family(path: Path) -> tuple[str, dict[str, Any]]:
         raise FileNotFoundError(f"{path} is a diffusers pipeline; verify one of its models, e.g. "
                                 f"{path / 'transformer'} or {path / 'vae'}")
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path}: not a diffusers model directory (no config.json); "
-                                "jaxdiff verify compares diffusers directories only")
+        raise FileNotFoundError(f"{path}: not a diffusers model directory (no config.json), a converted "
+                                f"jaxdiff directory (no {CONVERTED_META}) or a .safetensors file")
     config = json.loads(config_file.read_text())
     family = config.get("_class_name")
     if family not in FAMILIES:
         raise ValueError(f"{config_file}: _class_name {family!r} is not one jaxdiff verify knows; "
                          f"expected one of {FAMILIES}")
     return family, config
+
+
+def read_config_file(path: Path | None) -> dict[str, Any] | None:
+    """The `--config` JSON object (None when not given)."""
+    if path is None:
+        return None
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--config {path}: cannot read a JSON config ({e})") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"--config {path}: expected a JSON object (diffusers config.json layout)")
+    return config
+
+
+def describe(path: Path, config: dict[str, Any] | None = None) -> Source:
+    """What `path` holds (kind, family, config), from config files or single-file headers.
+
+    `config` overrides the detected config of a single file. Raises FileNotFoundError / ValueError
+    saying what is wrong.
+    """
+    path = Path(path)
+    if path.is_file():
+        from .families import FAMILIES as OURS
+        from .loader import open_plan
+
+        with open_plan(path, config=config) as plan:  # refuses pickles, unknown layouts, bad keys
+            family, config = OURS[plan.family].class_name, plan.config_dict()
+        if family not in FAMILIES:
+            raise ValueError(f"{path}: holds a {family}; jaxdiff verify knows {FAMILIES}")
+        return Source(path, SINGLE_FILE, family, config)
+    if (path / CONVERTED_META).is_file():
+        from .checkpoint import read_meta
+
+        meta = read_meta(path)
+        family = meta.get("class_name") or meta["config"].get("_class_name")
+        if family not in FAMILIES:
+            raise ValueError(f"{path}: converted {family}; jaxdiff verify knows {FAMILIES}")
+        return Source(path, CONVERTED, family, dict(meta["config"]), origin=meta.get("source"))
+    family, config_json = read_family(path)
+    return Source(path, DIFFUSERS_DIR, family, config_json)
+
+
+def resolve(path: Path, reference: Path | None = None,
+            config: dict[str, Any] | None = None) -> tuple[Source, Source]:
+    """(ours, torch reference) sources of one verify run; raises CannotVerify saying why not."""
+    path = Path(path)
+    single = [p for p in (path, reference) if p is not None and Path(p).is_file()]
+    if config is not None and not single:
+        raise CannotVerify("--config applies to single .safetensors files only; a diffusers directory "
+                           "or converted checkpoint carries its own config")
+    try:
+        ours = describe(path, config if path.is_file() else None)
+        if reference is None:
+            if ours.kind == CONVERTED:
+                hint = f" (its {CONVERTED_META} records source {ours.origin})" if ours.origin else ""
+                raise CannotVerify(
+                    f"{path} is a converted jaxdiff checkpoint: it holds no torch weights to compare "
+                    f"against. Pass --reference SRC naming the torch source it was converted from — a "
+                    f"diffusers model directory or single .safetensors file{hint}")
+            return ours, ours
+        ref = describe(reference, config if Path(reference).is_file() else None)
+    except (FileNotFoundError, ValueError) as e:
+        raise CannotVerify(str(e)) from e
+    if ref.kind == CONVERTED:
+        raise CannotVerify(f"--reference {reference}: a converted jaxdiff checkpoint holds no torch "
+                           "weights; name a diffusers model directory or single .safetensors file")
+    if ref.family != ours.family:
+        raise CannotVerify(f"{path} holds a {ours.family} but --reference {reference} a {ref.family}")
+    return ours, ref
+
+
+def config_differences(ours: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+    """`key: ours vs reference` for config fields both name that differ (lists and tuples alike)."""
+    norm = lambda v: list(v) if isinstance(v, tuple) else v
+    return [f"{k}: {ours[k]!r} vs {reference[k]!r}" for k in sorted(set(ours) & set(reference))
+            if not k.startswith("_") and norm(ours[k]) != norm(reference[k])]
 
 
 def compare(name: str, against: str, ours, reference, *, judged: bool) -> Comparison:
@@ -135,6 +265,98 @@ def vae_inputs(config: dict[str, Any], *, batch: int, seed: int) -> dict[str, np
     )
 
 
+# ----------------------------------------------------------------------------- single-file reference
+
+
+def dequantize_fp8_torch(state: dict) -> dict:
+    """fp8 weights → float32 `weight.float() · scale` (per-tensor `<m>.scale_weight` / `<m>.weight_scale`);
+    scale, input-scale and `scaled_fp8` marker keys dropped; other tensors unchanged."""
+    import torch
+
+    fp8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+    out = {}
+    for key, tensor in state.items():
+        if key.endswith(FP8_DROPPED_SUFFIXES) or key.rsplit(".", 1)[-1] == FP8_MARKER:
+            continue
+        module = key[: -len(".weight")] if key.endswith(".weight") else None
+        scales = [state[module + s] for s in FP8_WEIGHT_SCALE_SUFFIXES if module and module + s in state]
+        if scales:
+            tensor = tensor.float() * scales[0].float()
+        elif tensor.dtype in fp8:
+            tensor = tensor.float()
+        out[key] = tensor
+    return out
+
+
+def strip_comfy_prefix(state: dict) -> dict:
+    """ComfyUI's `model.diffusion_model.` keys without the prefix (other components dropped); as is when
+    no key carries it."""
+    if not any(k.startswith(COMFY_PREFIX) for k in state):
+        return dict(state)
+    return {k[len(COMFY_PREFIX):]: v for k, v in state.items() if k.startswith(COMFY_PREFIX)}
+
+
+def _diffusers_flux_from_bfl(state: dict, config: dict[str, Any]) -> dict:
+    """BFL Flux keys → diffusers keys by diffusers' converter, at any width (see DIFFUSERS_FLUX_INNER_DIM)."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    inner = config["num_attention_heads"] * config["attention_head_dim"]
+    full, full_mlp = DIFFUSERS_FLUX_INNER_DIM, DIFFUSERS_FLUX_INNER_DIM * DIFFUSERS_FLUX_MLP_RATIO
+    state, kept = dict(state), {}
+    if inner != full:
+        for key in [k for k in state if k.startswith("single_blocks.") and ".linear1." in k]:
+            tensor = state[key]
+            mlp = tensor.shape[0] - 3 * inner
+            if inner > full or not 0 <= mlp <= full_mlp:
+                raise CannotVerify(f"{key} of shape {tuple(tensor.shape)} with width {inner} does not fit "
+                                   f"diffusers' Flux converter (width ≤ {full}, mlp ≤ {full_mlp})")
+            padded = tensor.new_zeros((3 * full + full_mlp,) + tuple(tensor.shape[1:]))
+            for i in range(3):
+                padded[i * full: i * full + inner] = tensor[i * inner: (i + 1) * inner]
+            padded[3 * full: 3 * full + mlp] = tensor[3 * inner:]
+            state[key] = padded
+            kept[key.split(".")[1]] = (inner, inner, inner, mlp)
+    converted = convert_flux_transformer_checkpoint_to_diffusers(state)
+    for index, sizes in kept.items():
+        for name, size in zip(SINGLE_BLOCK_FUSED, sizes):
+            for leaf in ("weight", "bias"):
+                key = f"single_transformer_blocks.{index}.{name}.{leaf}"
+                if key in converted:
+                    converted[key] = converted[key][:size].contiguous()
+    return converted
+
+
+def diffusers_kwargs(cls, config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `config` that `cls.__init__` takes (lists as tuples)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in params}
+
+
+def torch_module_from_single_file(source: Source):
+    """The diffusers module of a single file, loaded without our key maps (see module docstring)."""
+    import diffusers
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    from safetensors.torch import load_file
+
+    from . import flux_keys, vae_keys  # detection only: which layout the file is in
+
+    state = strip_comfy_prefix(dequantize_fp8_torch(load_file(str(source.path))))
+    if source.family == FLUX:
+        module = diffusers.FluxTransformer2DModel(**diffusers_kwargs(diffusers.FluxTransformer2DModel,
+                                                                     source.config))
+        if flux_keys.is_bfl_flux(state):
+            state = _diffusers_flux_from_bfl(state, source.config)
+    else:
+        module = diffusers.AutoencoderKL(**diffusers_kwargs(diffusers.AutoencoderKL, source.config))
+        if vae_keys.is_ldm_vae(state):
+            state = convert_ldm_vae_checkpoint(state, dict(source.config))
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CannotVerify(f"{source.path}: diffusers' conversion does not fit {source.family}: {e}") from e
+    return module
+
+
 # ----------------------------------------------------------------------------- the three sides
 
 
@@ -153,17 +375,24 @@ def _vae_wrapper(torch, vae):
     return EncodeDecode().eval()
 
 
-def torch_side(family: str, path: Path, torch_dtype):
-    """(module, forward(inputs: dict of numpy) -> tuple of outputs, output names) of diffusers' model."""
+def torch_side(source: Source, torch_dtype):
+    """(module, output names) of diffusers' model for a diffusers directory or single file."""
     import diffusers
     import torch
 
-    kw = dict(torch_dtype=torch_dtype, low_cpu_mem_usage=False)  # no `accelerate` nag
-    if family == FLUX:
-        module = diffusers.FluxTransformer2DModel.from_pretrained(path, **kw).eval()
+    if source.kind == SINGLE_FILE:
+        module = torch_module_from_single_file(source).eval()  # float32, as diffusers builds it
+        if torch_dtype != torch.float32:
+            module = module.to(torch_dtype)
+    elif source.kind == DIFFUSERS_DIR:
+        cls = diffusers.FluxTransformer2DModel if source.family == FLUX else diffusers.AutoencoderKL
+        module = cls.from_pretrained(source.path, torch_dtype=torch_dtype,
+                                     low_cpu_mem_usage=False).eval()  # no `accelerate` nag
+    else:
+        raise CannotVerify(f"{source.path}: a {source.kind} holds no torch weights")
+    if source.family == FLUX:
         return module, ("sample",)
-    vae = diffusers.AutoencoderKL.from_pretrained(path, **kw).eval()
-    return _vae_wrapper(torch, vae), ("encode.mean", "encode.logvar", "decode")
+    return _vae_wrapper(torch, module), ("encode.mean", "encode.logvar", "decode")
 
 
 def _call_kwargs(family: str, inputs: dict) -> dict:
@@ -216,32 +445,44 @@ def run_ours(family: str, model, inputs: dict, jax_dtype) -> tuple:
     return tuple(np.asarray(o.astype(jnp.float32)) for o in out)
 
 
-def load_ours(path: Path, jax_dtype):
+def load_ours(path: Path, jax_dtype, config: dict[str, Any] | None = None):
     from .loader import load_model  # looked up at call time (tests substitute it)
 
-    return load_model(path, dtype=jax_dtype)
+    if config is None:
+        return load_model(path, dtype=jax_dtype)
+    return load_model(path, dtype=jax_dtype, config=config)
 
 
 # ----------------------------------------------------------------------------- command
 
 
-def verify(path: Path, *, tolerance: float = 1e-5, seed: int = 0, batch: int = 1,
-           dtype: str = "float32", log: Callable[[str], None] = print) -> bool:
-    """Runs the comparison and logs the table; True when every judged output is within tolerance."""
+def verify(path: Path, *, reference: Path | None = None, config: dict[str, Any] | None = None,
+           tolerance: float = 1e-5, seed: int = 0, batch: int = 1, dtype: str = "float32",
+           log: Callable[[str], None] = print) -> bool:
+    """Runs the comparison and logs the table; True when every judged output is within tolerance.
+
+    `reference`: the torch source (default `path`); `config`: config dict for single files.
+    Raises CannotVerify when the comparison cannot run.
+    """
     import jax.numpy as jnp
     import torch
 
-    family, config = read_family(path)
+    ours_source, ref_source = resolve(path, reference, config)
+    family = ref_source.family
     torch_dtype, jax_dtype = getattr(torch, dtype), getattr(jnp, dtype)
-    inputs = (flux_inputs if family == FLUX else vae_inputs)(config, batch=batch, seed=seed)
+    inputs = (flux_inputs if family == FLUX else vae_inputs)(ref_source.config, batch=batch, seed=seed)
 
-    log(f"jaxdiff verify: {family} at {path} ({dtype}, batch {batch}, seed {seed}, "
-        f"tolerance {tolerance:g})")
-    module, names = torch_side(family, path, torch_dtype)
+    against = "" if ref_source is ours_source else f" against {ref_source.kind} {ref_source.path}"
+    log(f"jaxdiff verify: {family} at {path} ({ours_source.kind}){against} ({dtype}, batch {batch}, "
+        f"seed {seed}, tolerance {tolerance:g})")
+    if differences := config_differences(ours_source.config, ref_source.config):
+        log("note: configs differ (ours vs reference): " + "; ".join(differences))
+    module, names = torch_side(ref_source, torch_dtype)
     eager = run_torch_eager(family, module, inputs, torch_dtype)
     traced = run_torchax(family, module, inputs, jax_dtype)
     del module
-    ours = run_ours(family, load_ours(path, jax_dtype), inputs, jax_dtype)
+    ours_config = config if ours_source.kind == SINGLE_FILE else None
+    ours = run_ours(family, load_ours(Path(path), jax_dtype, ours_config), inputs, jax_dtype)
 
     rows = []
     for name, o, t, e in zip(names, ours, traced, eager):
@@ -263,10 +504,17 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"{MISSING_EXTRA} ({e})", file=sys.stderr)
         return 2
+    reference, config_file = getattr(args, "reference", None), getattr(args, "config", None)
     try:
-        read_family(args.path)
-    except (FileNotFoundError, ValueError) as e:
+        config = read_config_file(config_file)
+        resolve(args.path, reference, config)  # fail fast, before torch builds anything
+    except (CannotVerify, ValueError) as e:
         print(f"jaxdiff verify: {e}", file=sys.stderr)
         return 2
-    ok = verify(args.path, tolerance=args.tolerance, seed=args.seed, batch=args.batch, dtype=args.dtype)
+    try:
+        ok = verify(args.path, reference=reference, config=config, tolerance=args.tolerance,
+                    seed=args.seed, batch=args.batch, dtype=args.dtype)
+    except CannotVerify as e:
+        print(f"jaxdiff verify: {e}", file=sys.stderr)
+        return 2
     return 0 if ok else 1

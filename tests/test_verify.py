@@ -1,4 +1,8 @@
-"""`jaxdiff verify`: our Flax module vs the torchax trace of the diffusers module, through the CLI."""
+"""`jaxdiff verify`: our Flax module vs the torchax trace of the diffusers module, through the CLI.
+
+Inputs: diffusers model dirs; BFL / ComfyUI single files (fp32 and fp8 "scaled"), LDM VAE files
+(built by ComfyUI's own modules, tests/comfy_fixtures.py); converted dirs with `--reference`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from flux_fixtures import randomize_, tiny_torch_flux
+from comfy_fixtures import COMFY_PREFIX, comfyui_root, quantize_fp8, tiny_comfy_flux, tiny_comfy_vae
+from flux_fixtures import randomize_, tiny_flux_config, tiny_torch_flux
 from jaxdiff import cli
-from jaxdiff.convert import loader
+from jaxdiff.convert import convert, loader
 from jaxdiff.convert.place import param_targets
 
 PERTURBATION = 1e-3  # far above the 1e-5 tolerance
@@ -77,6 +82,131 @@ def perturbed_loader(monkeypatch):
         return model
 
     monkeypatch.setattr(loader, "load_model", load_perturbed)
+
+
+@pytest.fixture(scope="module")
+def comfy_root(tmp_path_factory):
+    return comfyui_root(tmp_path_factory.mktemp("comfyui"))
+
+
+@pytest.fixture(scope="module")
+def bfl_state(comfy_root):
+    """A tiny BFL Flux dev state dict (hidden 128 = 1 head × 128, so detection needs no --config)."""
+    model = tiny_comfy_flux(comfy_root, guidance_embed=True)
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def comfy_flux_file(bfl_state, tmp_path_factory):
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("comfy_flux") / "flux1-tiny.safetensors"
+    save_file({COMFY_PREFIX + k: v for k, v in bfl_state.items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def converted_flux_dir(comfy_flux_file, tmp_path_factory):
+    return convert(comfy_flux_file, tmp_path_factory.mktemp("converted") / "flux-jax")
+
+
+def test_comfy_prefixed_bfl_single_file_matches(comfy_flux_file, capsys):
+    assert cli.main(["verify", str(comfy_flux_file)]) == 0
+    out = capsys.readouterr().out
+    assert "FluxTransformer2DModel" in out and "single file" in out
+    assert "FAIL" not in out and "OK" in out
+
+
+def test_bare_bfl_single_file_matches(bfl_state, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "flux1-tiny-bfl.safetensors"
+    save_file(bfl_state, str(path))
+    assert cli.main(["verify", str(path)]) == 0
+    assert "FAIL" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("scale_name", ["scale_weight", "weight_scale"])
+def test_fp8_scaled_single_file_matches(bfl_state, scale_name, tmp_path, capsys):
+    """fp8 e4m3fn with per-tensor scales (+ scale_input, scaled_fp8 marker), dequantised on both sides."""
+    from safetensors.torch import save_file
+
+    quantized, _ = quantize_fp8({COMFY_PREFIX + k: v for k, v in bfl_state.items()}, scaled=True,
+                                scale_name=scale_name)
+    path = tmp_path / "flux1-tiny-fp8.safetensors"
+    save_file(quantized, str(path))
+    assert cli.main(["verify", str(path)]) == 0
+    assert "FAIL" not in capsys.readouterr().out
+
+
+def test_ldm_vae_single_file_matches(comfy_root, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    vae = tiny_comfy_vae(comfy_root, "flux")  # BFL ae.safetensors layout, 16 latent channels
+    path = tmp_path / "ae.safetensors"
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
+    assert cli.main(["verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "AutoencoderKL" in out and "(1, 16, 8, 8)" in out
+    assert "FAIL" not in out
+
+
+def test_converted_dir_with_reference_matches(converted_flux_dir, comfy_flux_file, capsys):
+    assert cli.main(["verify", str(converted_flux_dir), "--reference", str(comfy_flux_file)]) == 0
+    out = capsys.readouterr().out
+    assert "converted jaxdiff checkpoint" in out and str(comfy_flux_file) in out
+    assert "FAIL" not in out
+
+
+def test_converted_dir_with_diffusers_dir_reference_matches(flux_dev_dir, tmp_path, capsys):
+    out_dir = convert(flux_dev_dir, tmp_path / "flux-dev-jax")
+    assert cli.main(["verify", str(out_dir), "--reference", str(flux_dev_dir)]) == 0
+    assert "FAIL" not in capsys.readouterr().out
+
+
+def test_converted_dir_without_reference_is_refused(converted_flux_dir, comfy_flux_file, capsys):
+    assert cli.main(["verify", str(converted_flux_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "converted jaxdiff checkpoint" in err and "--reference" in err
+    assert str(comfy_flux_file) in err  # the source jaxdiff.json records
+
+
+def test_reference_of_another_family_is_refused(comfy_flux_file, vae_dir, capsys):
+    assert cli.main(["verify", str(comfy_flux_file), "--reference", str(vae_dir)]) == 2
+    assert "AutoencoderKL" in capsys.readouterr().err
+
+
+def test_config_file_for_a_head_dim_16_single_file(tmp_path, capsys):
+    """A diffusers-named single file with head dim 16: undetectable alone, verified with --config."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "flux-tiny-diffusers-names.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_torch_flux(seed=2).state_dict().items()}, str(path))
+    assert cli.main(["verify", str(path)]) == 2
+    assert "config" in capsys.readouterr().err
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"_class_name": "FluxTransformer2DModel", **tiny_flux_config()}))
+    assert cli.main(["verify", str(path), "--config", str(config_file)]) == 0
+    assert "FAIL" not in capsys.readouterr().out
+
+
+def test_config_file_for_a_diffusers_dir_is_refused(flux_dev_dir, tmp_path, capsys):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(tiny_flux_config()))
+    assert cli.main(["verify", str(flux_dev_dir), "--config", str(config_file)]) == 2
+    assert "--config" in capsys.readouterr().err
+
+
+def test_perturbed_single_file_load_fails(comfy_flux_file, perturbed_loader, capsys):
+    assert cli.main(["verify", str(comfy_flux_file)]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_pickle_single_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "flux.ckpt"
+    path.write_bytes(b"not read")
+    assert cli.main(["verify", str(path)]) == 2
+    assert "pickle" in capsys.readouterr().err
 
 
 def test_perturbed_weight_fails(flux_dev_dir, perturbed_loader, capsys):
