@@ -1,9 +1,10 @@
-"""`jaxdiff generate`: sample a Flux image to a PNG.
+"""`jaxdiff generate`: sample a Flux image to a PNG, or a Wan video to an MP4 / animated WebP.
 
-With no `--model`, an embedded default runs: a tiny random-weight Flux transformer and VAE built
+With no `--model`, an embedded default runs: a tiny random-weight transformer and VAE built
 in-process from a fixed seed, with random prompt embeddings, so the whole path (denoise loop,
-decode, PNG) runs in seconds. With `--model PATH` the real model is loaded by `jaxdiff.load_model`
-and the prompt comes as precomputed embeddings (`--prompt-embeds`).
+decode, file) runs in seconds — Flux by default, Wan with `--family wan` (text-to-video, or
+image-to-video with `--image`). With `--model PATH` the real model is loaded by
+`jaxdiff.load_model` and the prompt comes as precomputed embeddings (`--prompt-embeds`).
 
 Top-level imports stay light (no jax) so `jaxdiff --help` is fast.
 """
@@ -16,8 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+FAMILIES = ("flux", "wan")
 DEFAULT_OUT = "out/jaxdiff.png"
+DEFAULT_VIDEO_OUT = "out/jaxdiff.mp4"
 PROMPT_KEYS = ("prompt_embeds", "pooled_prompt_embeds")
+WAN_PROMPT_KEY, WAN_NEGATIVE_KEY, WAN_IMAGE_KEY = "prompt_embeds", "negative_prompt_embeds", "image_embeds"
+FLUX_GUIDANCE, WAN_GUIDANCE = 3.5, 5.0
 EMBEDDED_SIZE = 64  # pixels
 EMBEDDED_STEPS = 4
 MODEL_SIZE = 1024
@@ -35,33 +40,75 @@ EMBEDDED_VAE = dict(
     norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
     up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.3611, shift_factor=0.1159,
     use_quant_conv=False, use_post_quant_conv=False)
+# Embedded Wan: 9 frames (3 latent frames) of 64×64 (8×8 latents → 4×4 tokens per latent frame).
+EMBEDDED_WAN_FRAMES = 9
+EMBEDDED_WAN_STEPS = 4
+# Tiny Wan 2.1 T2V-shaped transformer (diffusers' test sizes) on 16 latent channels; the I2V variant
+# (with --image) takes noise + 4 mask + image latents = 36 channels, like Wan 2.2 A14B I2V.
+EMBEDDED_WAN_TRANSFORMER = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+    out_channels=16, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=32)
+EMBEDDED_WAN_I2V_CHANNELS = 36
+# Tiny Wan 2.1 VAE (diffusers' test config): z 16, spatial /8, temporal /4, Wan 2.1 latent stats.
+EMBEDDED_WAN_VAE = dict(base_dim=3, z_dim=16, dim_mult=(1, 1, 1, 1), num_res_blocks=1,
+                        temperal_downsample=(False, True, True))
+WAN_SIZE = (480, 832)  # height, width with --model (diffusers' WanPipeline defaults)
+WAN_FRAMES, WAN_STEPS = 81, 50
+WAN_FPS, WAN_TI2V_FPS = 16, 24
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--family", choices=FAMILIES, default="flux",
+                        help="flux (text-to-image, default) or wan (text/image-to-video)")
     parser.add_argument("--model", metavar="PATH",
-                        help="Flux transformer (diffusers dir, single-file .safetensors or converted "
-                             "checkpoint) or a diffusers pipeline dir holding transformer/ and vae/; "
-                             "omit for the embedded tiny random-weight default")
+                        help="transformer (diffusers dir, single-file .safetensors or converted "
+                             "checkpoint) or a diffusers pipeline dir holding transformer/ (Wan 2.2 "
+                             "A14B: also transformer_2/) and vae/; omit for the embedded tiny "
+                             "random-weight default")
     parser.add_argument("--vae", metavar="PATH",
-                        help="Flux VAE (required with --model unless PATH holds vae/)")
+                        help="VAE (required with --model unless PATH holds vae/)")
     parser.add_argument("--scheduler-config", metavar="PATH",
                         help="scheduler_config.json (default: PATH/scheduler/ if present, else "
-                             "FLUX.1-dev's when the model has guidance embeddings, schnell's if not)")
+                             "FLUX.1-dev's when the model has guidance embeddings, schnell's if not; "
+                             "Wan: UniPC flow, shift 3)")
     parser.add_argument("--prompt-embeds", metavar="FILE",
-                        help=".safetensors or .npz with 'prompt_embeds' [B, S, D] and "
-                             "'pooled_prompt_embeds' [B, P] (required with --model)")
+                        help=".safetensors or .npz; Flux: 'prompt_embeds' [B, S, D] and "
+                             "'pooled_prompt_embeds' [B, P]; Wan: 'prompt_embeds' [B, S, D], "
+                             "'negative_prompt_embeds' (for guidance > 1) and, for Wan 2.1 I2V, "
+                             "CLIP-vision 'image_embeds' [1, S_img, 1280] (required with --model)")
     parser.add_argument("--height", type=int,
-                        help=f"pixels, a multiple of 16 (default {EMBEDDED_SIZE} embedded, "
-                             f"{MODEL_SIZE} with --model)")
-    parser.add_argument("--width", type=int, help="pixels, like --height")
+                        help=f"pixels, a multiple of 16 (32 for Wan TI2V-5B) (default "
+                             f"{EMBEDDED_SIZE} embedded; with --model Flux {MODEL_SIZE}, Wan "
+                             f"{WAN_SIZE[0]} or the --image size)")
+    parser.add_argument("--width", type=int,
+                        help=f"pixels, like --height (Wan with --model: {WAN_SIZE[1]})")
     parser.add_argument("--steps", type=int,
                         help=f"denoising steps (default {EMBEDDED_STEPS} embedded; with --model "
-                             f"{DEV_STEPS} for dev, {SCHNELL_STEPS} for schnell)")
-    parser.add_argument("--guidance", type=float, default=3.5,
-                        help="guidance scale, for models with guidance embeddings (default 3.5)")
+                             f"Flux {DEV_STEPS} for dev, {SCHNELL_STEPS} for schnell; Wan "
+                             f"{WAN_STEPS})")
+    parser.add_argument("--guidance", type=float,
+                        help=f"Flux: guidance scale for models with guidance embeddings (default "
+                             f"{FLUX_GUIDANCE}); Wan: classifier-free guidance scale, on when > 1 "
+                             f"(default {WAN_GUIDANCE}; the high-noise expert's for A14B)")
+    parser.add_argument("--guidance-2", type=float,
+                        help="Wan 2.2 A14B: guidance of the low-noise expert (default --guidance)")
+    parser.add_argument("--frames", type=int,
+                        help=f"Wan: frames, 4k + 1 (default {EMBEDDED_WAN_FRAMES} embedded, "
+                             f"{WAN_FRAMES} with --model)")
+    parser.add_argument("--image", metavar="FILE",
+                        help="Wan: first frame for image-to-video (resized to the video size)")
+    parser.add_argument("--sampler", choices=("unipc", "euler"),
+                        help="Wan: UniPC (flow) or FlowMatch Euler (default: the scheduler "
+                             "config's, else UniPC)")
+    parser.add_argument("--fps", type=float,
+                        help=f"Wan: frames per second of the file (default {WAN_FPS}; "
+                             f"{WAN_TI2V_FPS} for TI2V-5B)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    parser.add_argument("--out", default=DEFAULT_OUT,
-                        help=f"output PNG (default {DEFAULT_OUT}; a batch writes NAME_i.png)")
+    parser.add_argument("--out",
+                        help=f"output file (default {DEFAULT_OUT} for Flux, {DEFAULT_VIDEO_OUT} for "
+                             "Wan; Wan writes .mp4 (H.264) or .webp by extension; a batch writes "
+                             "NAME_i.EXT)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                         help="parameter/compute dtype (default float32 embedded, the checkpoint's "
                              "with --model)")
@@ -74,6 +121,45 @@ class GenerationError(RuntimeError):
 # ----------------------------------------------------------------------------- inputs
 
 
+def _read_arrays(path: Path) -> dict:
+    """All arrays of a `.safetensors` or `.npz` file (`--prompt-embeds`)."""
+    import numpy as np
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompt-embeds: no such file {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.flax import load_file  # handles bfloat16, which numpy cannot
+
+        return load_file(str(path))
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    raise ValueError(f"--prompt-embeds: {path} must be .safetensors or .npz")
+
+
+def load_wan_embeds(path: str | os.PathLike) -> dict:
+    """`{prompt_embeds [B, S, D], negative_prompt_embeds [B, S', D] | None, image_embeds
+    [B', S_img, D_img] | None}` float32 numpy from a file; unbatched arrays get a batch axis of 1."""
+    import numpy as np
+
+    path = Path(path)
+    arrays = _read_arrays(path)
+    if WAN_PROMPT_KEY not in arrays:
+        raise ValueError(f"--prompt-embeds: {path} lacks key {WAN_PROMPT_KEY} (found: "
+                         f"{', '.join(sorted(arrays)) or 'none'})")
+    out = {}
+    for key in (WAN_PROMPT_KEY, WAN_NEGATIVE_KEY, WAN_IMAGE_KEY):
+        if key not in arrays:
+            out[key] = None
+            continue
+        value = np.asarray(arrays[key], dtype=np.float32)
+        value = value[None] if value.ndim == 2 else value
+        if value.ndim != 3:
+            raise ValueError(f"--prompt-embeds: {path}: {key} must be [B, S, D], got {value.shape}")
+        out[key] = value
+    return out
+
+
 def load_prompt_embeds(path: str | os.PathLike):
     """`(prompt_embeds [B, S, D], pooled_prompt_embeds [B, P])` float32 numpy from a file.
 
@@ -82,17 +168,7 @@ def load_prompt_embeds(path: str | os.PathLike):
     import numpy as np
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--prompt-embeds: no such file {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.flax import load_file  # handles bfloat16, which numpy cannot
-
-        arrays = load_file(str(path))
-    elif path.suffix == ".npz":
-        with np.load(path) as data:
-            arrays = {k: data[k] for k in data.files}
-    else:
-        raise ValueError(f"--prompt-embeds: {path} must be .safetensors or .npz")
+    arrays = _read_arrays(path)
     missing = [k for k in PROMPT_KEYS if k not in arrays]
     if missing:
         raise ValueError(f"--prompt-embeds: {path} lacks key(s) {', '.join(missing)} "
@@ -215,10 +291,188 @@ def load_models(args):
     return transformer, vae, scheduler
 
 
+# ----------------------------------------------------------------------------- Wan inputs
+
+
+def _wan_host_init(path, leaf, rng):
+    """`_host_init`, plus the Wan VAE's RMS-norm `gamma` at 1 (as the module initialises it)."""
+    import numpy as np
+
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    if [n for n in names if isinstance(n, str) and n != "value"][-1] == "gamma":
+        return np.ones(leaf.shape, np.float32)
+    return _host_init(path, leaf, rng)
+
+
+def build_embedded_wan(dtype: str = "float32", *, image_to_video: bool = False):
+    """The embedded Wan default: (tiny random transformer, tiny random Wan 2.1 VAE), fixed seed.
+
+    `image_to_video` gives the transformer 36 input channels (noise + mask + image latents).
+    Built abstractly and filled from numpy, like `build_embedded`.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from ..models_flax.vae_wan import AutoencoderKLWan, WanVAEConfig
+    from ..models_flax.wan import WanConfig, WanTransformer3DModel
+
+    param_dtype = jnp.dtype(dtype)
+    transformer_config = dict(EMBEDDED_WAN_TRANSFORMER)
+    if image_to_video:
+        transformer_config["in_channels"] = EMBEDDED_WAN_I2V_CHANNELS
+
+    def make():
+        rngs = nnx.Rngs(EMBEDDED_WEIGHT_SEED)
+        return (WanTransformer3DModel(WanConfig(**transformer_config), param_dtype=param_dtype,
+                                      rngs=rngs),
+                AutoencoderKLWan(WanVAEConfig(**EMBEDDED_WAN_VAE), param_dtype=param_dtype,
+                                 rngs=rngs))
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    rng = np.random.default_rng(EMBEDDED_WEIGHT_SEED)
+    state = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.asarray(_wan_host_init(path, leaf, rng), leaf.dtype), abstract)
+    transformer, vae = nnx.merge(graphdef, state)
+    return transformer, vae
+
+
+def random_wan_embeds(seed: int, config) -> dict:
+    """Stand-in text conditioning for the embedded Wan: prompt and negative N(0, 1) from `seed`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shape = (1, EMBEDDED_TEXT_TOKENS, config.text_dim)
+    return {WAN_PROMPT_KEY: rng.standard_normal(shape, np.float32),
+            WAN_NEGATIVE_KEY: rng.standard_normal(shape, np.float32), WAN_IMAGE_KEY: None}
+
+
+def load_image(path: str | os.PathLike, height: int | None = None, width: int | None = None):
+    """An RGB image file → uint8 `[H, W, 3]`, resized (Lanczos, like diffusers' preprocessing) to
+    `height` × `width` when given."""
+    import numpy as np
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--image: no such file {path}")
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if height and width and image.size != (width, height):
+            image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+        return np.asarray(image)
+
+
+def _image_size(path: str | os.PathLike, multiple: int) -> tuple[int, int]:
+    """(height, width) of an image file rounded down to `multiple` (diffusers does the same)."""
+    from PIL import Image
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--image: no such file {path}")
+    with Image.open(path) as image:
+        width, height = image.size
+    return max(multiple, height // multiple * multiple), max(multiple, width // multiple * multiple)
+
+
+def _wan_model_paths(args):
+    """(transformer, transformer_2 or None, vae, scheduler config or None, model_index dict)."""
+    import json
+
+    model, vae, scheduler = _model_paths(args)
+    given = Path(args.model)
+    root = given if (given / "transformer").is_dir() else None
+    if root is None and given.is_dir() and (given.parent / "scheduler").is_dir():
+        root = given.parent
+    transformer_2 = root / "transformer_2" if root is not None else None
+    if transformer_2 is not None and not transformer_2.is_dir():
+        transformer_2 = None
+    index = {}
+    if root is not None and (root / "model_index.json").is_file():
+        with open(root / "model_index.json", encoding="utf-8") as f:
+            index = json.load(f)
+    return model, transformer_2, vae, scheduler, index
+
+
+def wan_scheduler(path, sampler: str | None):
+    """UniPC or FlowMatch Euler config from `scheduler_config.json` (by its `_class_name`), or
+    Wan's UniPC default; `sampler` forces one (Euler keeps the config's shift)."""
+    import dataclasses
+    import json
+
+    from ..schedulers.flow_match import FlowMatchEulerConfig
+    from ..schedulers.unipc import WAN_SCHEDULER_CONFIG, UniPCConfig
+
+    config = WAN_SCHEDULER_CONFIG
+    if path is not None:
+        path = Path(path)
+        file = path / "scheduler_config.json" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"--scheduler-config: no scheduler config at {file}")
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+        name = data.get("_class_name", "UniPCMultistepScheduler")
+        if name == "FlowMatchEulerDiscreteScheduler":
+            config = FlowMatchEulerConfig.from_dict(data)
+        elif name == "UniPCMultistepScheduler":
+            config = UniPCConfig.from_dict(data)
+        else:
+            raise ValueError(f"{file}: unsupported scheduler {name!r} (UniPCMultistepScheduler or "
+                             "FlowMatchEulerDiscreteScheduler)")
+    if sampler == "euler" and isinstance(config, UniPCConfig):
+        config = FlowMatchEulerConfig(num_train_timesteps=config.num_train_timesteps,
+                                      shift=config.flow_shift)
+    elif sampler == "unipc" and isinstance(config, FlowMatchEulerConfig):
+        config = dataclasses.replace(WAN_SCHEDULER_CONFIG, flow_shift=config.shift,
+                                     num_train_timesteps=config.num_train_timesteps)
+    return config
+
+
+def load_wan_models(args):
+    """(transformer, transformer_2 or None, vae, scheduler config, boundary_ratio, expand_timesteps)
+    for --model, loaded with `jaxdiff.load_model`."""
+    from .. import load_model
+    from ..models_flax.vae_wan import AutoencoderKLWan
+    from ..models_flax.wan import WanConfig
+
+    model_path, model_2_path, vae_path, scheduler_path, index = _wan_model_paths(args)
+    experts = []
+    for path in (model_path, model_2_path):
+        if path is None:
+            continue
+        model = load_model(path, dtype=args.dtype)
+        if not isinstance(getattr(model, "config", None), WanConfig):
+            raise ValueError(f"--model {path} loaded as {type(model).__name__}, not a Wan "
+                             "transformer")
+        experts.append(model)
+    vae = load_model(vae_path, dtype=args.dtype)
+    if not isinstance(vae, AutoencoderKLWan):
+        raise ValueError(f"--vae {vae_path} loaded as {type(vae).__name__}, not a Wan VAE")
+    scheduler = wan_scheduler(scheduler_path, args.sampler)
+    boundary_ratio = index.get("boundary_ratio") if len(experts) == 2 else None
+    # model_index.json says so for TI2V-5B; without one, its 48-channel VAE does.
+    expand = bool(index.get("expand_timesteps", vae.config.z_dim == 48))
+    transformer_2 = experts[1] if len(experts) == 2 else None
+    return experts[0], transformer_2, vae, scheduler, boundary_ratio, expand
+
+
 # ----------------------------------------------------------------------------- run
 
 
+WAN_ONLY_OPTIONS = ("frames", "image", "guidance_2", "sampler", "fps")
+
+
 def _generate(args) -> list[Path]:
+    if args.family == "wan":
+        return _generate_wan(args)
+    given = [f"--{name.replace('_', '-')}" for name in WAN_ONLY_OPTIONS
+             if getattr(args, name, None) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} only apply to --family wan")
+    return _generate_flux(args)
+
+
+def _generate_flux(args) -> list[Path]:
     import numpy as np
     from tqdm import tqdm
 
@@ -253,7 +507,8 @@ def _generate(args) -> list[Path]:
     start = time.perf_counter()
     with tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr) as bar:
         result = pipe(prompt, pooled, height=height, width=width, num_inference_steps=steps,
-                      guidance_scale=args.guidance, seed=args.seed,
+                      guidance_scale=FLUX_GUIDANCE if args.guidance is None else args.guidance,
+                      seed=args.seed,
                       callback=lambda step, total: bar.update(1))
     images = result.images
     if not np.isfinite(images).all():
@@ -261,8 +516,69 @@ def _generate(args) -> list[Path]:
                            "nothing written")
     if float(images.max() - images.min()) == 0.0:
         print(f"warning: the image is constant ({float(images.min()):.3f})", file=sys.stderr)
-    paths = save_images(images, args.out)
+    paths = save_images(images, args.out or DEFAULT_OUT)
     print(f"{height}x{width}, {steps} steps, {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return paths
+
+
+def _generate_wan(args) -> list[Path]:
+    import numpy as np
+    from tqdm import tqdm
+
+    from .video_io import _check_suffix, save_videos
+    from .wan import WanPipeline
+
+    out = Path(args.out or DEFAULT_VIDEO_OUT)
+    _check_suffix(out)  # before any model is built
+    embedded = args.model is None
+    i2v = args.image is not None
+    boundary_ratio, expand, transformer_2 = None, False, None
+    if embedded:
+        for flag, value in (("--vae", args.vae), ("--scheduler-config", args.scheduler_config)):
+            if value:
+                raise ValueError(f"{flag} needs --model (the embedded default has its own)")
+        transformer, vae = build_embedded_wan(args.dtype or "float32", image_to_video=i2v)
+        scheduler = wan_scheduler(None, args.sampler)
+        size, frames, steps = (EMBEDDED_SIZE, EMBEDDED_SIZE), EMBEDDED_WAN_FRAMES, EMBEDDED_WAN_STEPS
+        kind = "image-to-video" if i2v else "text-to-video"
+        print(f"no --model: embedded tiny random-weight Wan {kind} (seed {EMBEDDED_WEIGHT_SEED})",
+              file=sys.stderr)
+    else:
+        if not args.prompt_embeds:
+            raise ValueError("--prompt-embeds FILE is required with --model (text encoders are "
+                             "not part of generate yet)")
+        transformer, transformer_2, vae, scheduler, boundary_ratio, expand = load_wan_models(args)
+        size, frames, steps = WAN_SIZE, WAN_FRAMES, WAN_STEPS
+    embeds = (load_wan_embeds(args.prompt_embeds) if args.prompt_embeds
+              else random_wan_embeds(args.seed, transformer.config))
+
+    pipe = WanPipeline(transformer, vae, scheduler, transformer_2=transformer_2,
+                       boundary_ratio=boundary_ratio, expand_timesteps=expand)
+    if i2v and not embedded and not (args.height or args.width):
+        size = _image_size(args.image, pipe.size_multiple)
+    height, width = args.height or size[0], args.width or size[1]
+    frames, steps = args.frames or frames, args.steps or steps
+    pipe.check_inputs(height, width, frames)  # before reading the image or any compute
+    image = load_image(args.image, height, width) if i2v else None
+    fps = args.fps or (WAN_TI2V_FPS if expand else WAN_FPS)
+    guidance = WAN_GUIDANCE if args.guidance is None else args.guidance
+
+    start = time.perf_counter()
+    with tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr) as bar:
+        result = pipe(embeds[WAN_PROMPT_KEY], embeds[WAN_NEGATIVE_KEY], image=image,
+                      image_embeds=embeds[WAN_IMAGE_KEY], height=height, width=width,
+                      num_frames=frames, num_inference_steps=steps, guidance_scale=guidance,
+                      guidance_scale_2=args.guidance_2, seed=args.seed,
+                      callback=lambda step, total: bar.update(1))
+    videos = result.frames
+    if not np.isfinite(videos).all():
+        raise GenerationError(f"generated video has NaN/inf values ({np.isnan(videos).sum()} NaN); "
+                              "nothing written")
+    if float(videos.max() - videos.min()) == 0.0:
+        print(f"warning: the video is constant ({float(videos.min()):.3f})", file=sys.stderr)
+    paths = save_videos(videos, out, fps=fps)
+    print(f"{frames} frames {height}x{width}, {steps} steps, "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     return paths
 
 

@@ -1,0 +1,427 @@
+"""Wan text/image-to-video sampling from precomputed embeddings (diffusers `WanPipeline` and
+`WanImageToVideoPipeline`, one class here).
+
+- T2V: N(0, 1) latents `[B, z, T', h, w]` are denoised by the transformer under classifier-free
+  guidance (`uncond + g·(cond − uncond)`, on when `guidance_scale > 1` as in diffusers), stepped by
+  UniPC (flow) or FlowMatch Euler, de-normalised (`z·std + mean`) and decoded by the Wan VAE.
+- Wan 2.2 A14B: two experts. `transformer` (high noise) runs while `t >= boundary_ratio ·
+  num_train_timesteps`, `transformer_2` (low noise, guidance `guidance_scale_2`) below.
+- I2V (`image=`): the first frame followed by zeros is VAE-encoded and normalised; the transformer
+  sees `[noise, mask, condition]` on channels, where the mask has `scale_factor_temporal` (4)
+  channels — diffusers packs the first frame repeated 4× plus the other frames 4 to a latent frame,
+  so latent frame 0 is all ones and the rest zeros. Wan 2.1 I2V also takes CLIP-vision features
+  (`image_embeds`, precomputed).
+- TI2V-5B (`expand_timesteps=True`): per-token timesteps `[B, S]`; for I2V the first latent frame is
+  replaced by the encoded image and its tokens get timestep 0 (and the final latents keep it).
+
+One jitted denoising step per expert (transformer call(s) + guidance + scheduler update) is reused
+every step; its inputs that change per step (latents, timestep, scheduler state) are arrays, so each
+expert compiles once per run shape. The VAE encodes/decodes chunk by chunk with its own jitted steps.
+
+Imports models_flax (types only at run time) and schedulers; never torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..schedulers import flow_match, unipc
+from ..schedulers.flow_match import FlowMatchEulerConfig
+from ..schedulers.unipc import WAN_SCHEDULER_CONFIG, UniPCConfig
+
+# diffusers' Wan 2.2 A14B model_index.json boundary_ratio values.
+WAN22_T2V_BOUNDARY_RATIO = 0.875
+WAN22_I2V_BOUNDARY_RATIO = 0.9
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclasses.dataclass
+class WanPipelineOutput:
+    """`frames`: `[B, F, H, W, 3]` float32 in 0..1, i.e. one `[F, H, W, 3]` video per batch item
+    (None for `output_type="latent"`); `latents`: the final latents `[B, z, T', h, w]` float32 in the
+    transformer's (normalised) space, as diffusers returns them for `output_type="latent"`."""
+
+    frames: np.ndarray | None
+    latents: np.ndarray
+
+
+class EulerState(NamedTuple):
+    """FlowMatch Euler as a step state, so both schedulers share one step signature."""
+
+    sigmas: jax.Array  # [N+1] float32
+    step_index: jax.Array  # [] int32
+
+
+def _param_dtype(module: nnx.Module):
+    """The dtype of the module's floating-point parameters (its compute dtype here)."""
+    for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf.dtype
+    return jnp.float32
+
+
+def _latent_stats(vae) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, 1/std) `[1, z, 1, 1, 1]` float32 — diffusers multiplies by the reciprocal std."""
+    cfg = vae.config
+    for name in ("latents_mean", "latents_std"):
+        if len(getattr(cfg, name)) != cfg.z_dim:
+            raise ValueError(f"VAE config.{name} has {len(getattr(cfg, name))} entries, z_dim is "
+                             f"{cfg.z_dim}")
+    shape = (1, cfg.z_dim, 1, 1, 1)
+    mean = np.asarray(cfg.latents_mean, np.float32).reshape(shape)
+    inv_std = (np.float32(1.0) / np.asarray(cfg.latents_std, np.float32)).reshape(shape)
+    return mean, inv_std
+
+
+def _as_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return int(value)
+
+
+class WanPipeline:
+    """Wan 2.1 / 2.2 sampling (T2V, I2V, A14B two experts, TI2V-5B) from precomputed embeddings.
+
+    Args:
+        transformer: a `WanTransformer3DModel` (the high-noise expert for A14B).
+        vae: an `AutoencoderKLWan` (2.1: z 16, /8; 2.2: z 48, /16).
+        scheduler_config: `UniPCConfig` (flow; Wan's default) or `FlowMatchEulerConfig`.
+        transformer_2: the low-noise expert (Wan 2.2 A14B), same shapes as `transformer`.
+        boundary_ratio: expert switch at `t < boundary_ratio · num_train_timesteps`; needs
+            `transformer_2`. None with `transformer_2` given uses 0.875 for T2V, 0.9 for I2V.
+        expand_timesteps: Wan 2.2 TI2V-5B per-token timesteps (model_index.json `expand_timesteps`).
+    """
+
+    def __init__(self, transformer: nnx.Module, vae: nnx.Module,
+                 scheduler_config: UniPCConfig | FlowMatchEulerConfig = WAN_SCHEDULER_CONFIG, *,
+                 transformer_2: nnx.Module | None = None, boundary_ratio: float | None = None,
+                 expand_timesteps: bool = False):
+        if not isinstance(scheduler_config, (UniPCConfig, FlowMatchEulerConfig)):
+            raise ValueError("scheduler_config must be a UniPCConfig or FlowMatchEulerConfig, got "
+                             f"{type(scheduler_config).__name__}")
+        if boundary_ratio is not None:
+            if transformer_2 is None:
+                raise ValueError(f"missing expert: boundary_ratio={boundary_ratio} switches to a "
+                                 "low-noise expert, but transformer_2 is None")
+            if not 0.0 < boundary_ratio <= 1.0:
+                raise ValueError(f"boundary_ratio must be in (0, 1], got {boundary_ratio}")
+        self.transformer, self.transformer_2, self.vae = transformer, transformer_2, vae
+        self.scheduler_config = scheduler_config
+        self.boundary_ratio, self.expand_timesteps = boundary_ratio, bool(expand_timesteps)
+
+        config = transformer.config
+        if transformer_2 is not None:
+            c2 = transformer_2.config
+            for name in ("patch_size", "in_channels", "output_channels", "text_dim", "image_dim"):
+                if getattr(c2, name) != getattr(config, name):
+                    raise ValueError(f"transformer_2.config.{name}={getattr(c2, name)!r} differs from "
+                                     f"transformer's {getattr(config, name)!r}")
+        self.vae_scale_factor_temporal = vae.config.scale_factor_temporal or 4
+        self.vae_scale_factor_spatial = vae.config.scale_factor_spatial or 8
+        self.num_channels_latents = vae.config.z_dim
+        if config.output_channels != self.num_channels_latents:
+            raise ValueError(f"transformer out_channels {config.output_channels} != VAE z_dim "
+                             f"{self.num_channels_latents}")
+        t2v, i2v = self.num_channels_latents, self._i2v_channels()
+        if config.in_channels not in (t2v, i2v):
+            raise ValueError(f"transformer in_channels {config.in_channels} fits neither text-to-video "
+                             f"({t2v} = VAE z_dim) nor image-to-video ({i2v} = 2 × {t2v} latent + "
+                             f"{self.vae_scale_factor_temporal} mask channels)")
+        self.dtype, self.vae_dtype = _param_dtype(transformer), _param_dtype(vae)
+        self.latents_mean, self.latents_inv_std = _latent_stats(vae)
+
+        experts = [transformer] + ([transformer_2] if transformer_2 is not None else [])
+        # One jitted step per expert (their graph definitions differ as objects even when the
+        # configs are equal); parameters are arguments, the graph definition is closed over.
+        self.denoise_steps = tuple(jax.jit(self._make_denoise_step(nnx.graphdef(m)))
+                                   for m in experts)
+
+    # -- sizes and modes
+
+    def _i2v_channels(self) -> int:
+        """in_channels of a mask-concatenating I2V transformer: noise + mask + image latents."""
+        if self.expand_timesteps:
+            return self.num_channels_latents  # TI2V-5B replaces frame 0 instead of concatenating
+        return 2 * self.num_channels_latents + self.vae_scale_factor_temporal
+
+    @property
+    def size_multiple(self) -> int:
+        """Pixel height/width multiple: VAE spatial factor × transformer patch (16 for 2.1, 32 for
+        TI2V-5B)."""
+        _, ph, pw = self.transformer.config.patch_size
+        return self.vae_scale_factor_spatial * max(ph, pw)
+
+    def check_inputs(self, height: int, width: int, num_frames: int) -> None:
+        """Raise ValueError unless frames = 4k + 1 and height/width are multiples of `size_multiple`."""
+        num_frames = _as_int(num_frames, "num_frames")
+        ft = self.vae_scale_factor_temporal
+        if num_frames < 1 or (num_frames - 1) % ft:
+            raise ValueError(f"num_frames must be {ft}k + 1 (1, {ft + 1}, {2 * ft + 1}, …, 81), got "
+                             f"{num_frames}")
+        m = self.size_multiple
+        if (isinstance(height, bool) or isinstance(width, bool)
+                or not isinstance(height, (int, np.integer)) or not isinstance(width, (int, np.integer))
+                or height <= 0 or width <= 0 or height % m or width % m):
+            raise ValueError(f"height and width must be positive multiples of {m} (VAE factor "
+                             f"{self.vae_scale_factor_spatial} × patch), got {height}×{width}")
+
+    def latent_shape(self, batch: int, height: int, width: int, num_frames: int) -> tuple[int, ...]:
+        """`(B, z, T', h, w)` with T' = (F − 1)/4 + 1."""
+        f = self.vae_scale_factor_spatial
+        t = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        return (batch, self.num_channels_latents, t, height // f, width // f)
+
+    # -- jitted body
+
+    def _make_denoise_step(self, graphdef: nnx.GraphDef):
+        def denoise_step(state, latents, sched, timestep, prompt_embeds, negative_prompt_embeds,
+                         image_embeds, condition, frame_mask, token_mask, guidance_scale):
+            """Velocity (with guidance) from one expert, then one scheduler step.
+
+            latents `[B, z, T', h, w]` f32; timestep `[]` f32; condition: I2V `[B, 4 + z, T', h, w]`
+            (concatenated) or TI2V `[B, z, 1, h, w]` (replaces frame 0 where `frame_mask` is 0);
+            token_mask `[S]` (expand_timesteps) multiplies the timestep per token.
+            """
+            model = nnx.merge(graphdef, state)
+            b = latents.shape[0]
+            if self.expand_timesteps:
+                x = latents if condition is None else (
+                    (1 - frame_mask) * condition + frame_mask * latents)
+                t = jnp.broadcast_to((token_mask * timestep)[None], (b, token_mask.shape[0]))
+            else:
+                x = latents if condition is None else jnp.concatenate([latents, condition], axis=1)
+                t = jnp.broadcast_to(timestep, (b,))
+            x = x.astype(self.dtype)
+
+            def velocity(x, t, text, image):
+                out = model(hidden_states=x, timestep=t, encoder_hidden_states=text.astype(self.dtype),
+                            encoder_hidden_states_image=None if image is None
+                            else image.astype(self.dtype))
+                return out.astype(jnp.float32)
+
+            if negative_prompt_embeds is None:
+                v = velocity(x, t, prompt_embeds, image_embeds)
+            elif negative_prompt_embeds.shape == prompt_embeds.shape:
+                # cond and uncond as one batch: [cond; uncond]
+                twice = lambda a: None if a is None else jnp.concatenate([a, a], axis=0)
+                both = velocity(twice(x), twice(t),
+                                jnp.concatenate([prompt_embeds, negative_prompt_embeds], axis=0),
+                                twice(image_embeds))
+                v = unipc.cfg(both[:b], both[b:], guidance_scale)
+            else:  # different text lengths cannot share a batch
+                v = unipc.cfg(velocity(x, t, prompt_embeds, image_embeds),
+                              velocity(x, t, negative_prompt_embeds, image_embeds), guidance_scale)
+
+            if isinstance(sched, EulerState):
+                i = sched.step_index
+                latents = flow_match.step(v, sched.sigmas[i], sched.sigmas[i + 1], latents)
+                return latents, EulerState(sched.sigmas, i + 1)
+            return unipc.step(sched, v, latents)
+
+        return denoise_step
+
+    # -- host-side helpers
+
+    def _schedule(self, num_inference_steps: int, latent_shape) -> tuple[np.ndarray, object]:
+        """(model-facing timesteps `[N]` float32, initial scheduler state)."""
+        cfg = self.scheduler_config
+        if isinstance(cfg, UniPCConfig):
+            schedule = unipc.set_timesteps(cfg, num_inference_steps)
+            state = unipc.init_state(cfg, schedule.sigmas, latent_shape)
+        else:
+            schedule = flow_match.set_timesteps(cfg, num_inference_steps)
+            state = EulerState(jnp.asarray(schedule.sigmas), jnp.zeros((), jnp.int32))
+        # diffusers hands the transformer the int64 (UniPC) / float32 (Euler) timestep as is; the
+        # model computes in float32, exact for these integers.
+        return np.asarray(schedule.timesteps).astype(np.float32), state
+
+    def _image_pixels(self, image, batch: int, height: int, width: int) -> np.ndarray:
+        """`[H, W, 3]` or `[B', H, W, 3]` (float 0..1 or uint8) → `[B', 3, 1, H, W]` in −1..1."""
+        image = np.asarray(image)
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4 or image.shape[-1] != 3 or image.shape[0] not in (1, batch):
+            raise ValueError(f"image must be [H, W, 3] or [1 or {batch}, H, W, 3], got {image.shape}")
+        if image.shape[1:3] != (height, width):
+            raise ValueError(f"image is {image.shape[1]}×{image.shape[2]}, the video {height}×{width}; "
+                             "resize it first")
+        if image.dtype == np.uint8:
+            image = image.astype(np.float32) / np.float32(255)
+        image = image.astype(np.float32)
+        if not np.isfinite(image).all():
+            raise ValueError("image contains NaN or inf")
+        pixels = image * np.float32(2) - np.float32(1)  # diffusers' normalize: 2x − 1
+        return pixels.transpose(0, 3, 1, 2)[:, :, None]  # [B', 3, 1, H, W]
+
+    def _encode_condition(self, pixels: np.ndarray, batch: int, num_frames: int) -> jax.Array:
+        """Normalised latents of `[image, zeros…]` (or of the image alone for TI2V), `[B, z, T, h, w]`."""
+        video = pixels
+        if not self.expand_timesteps:
+            zeros = np.zeros((*pixels.shape[:2], num_frames - 1, *pixels.shape[3:]), np.float32)
+            video = np.concatenate([pixels, zeros], axis=2)  # [B', 3, F, H, W]
+        z = self.vae.encode_mode(jnp.asarray(video, self.vae_dtype)).astype(jnp.float32)
+        if z.shape[0] != batch:
+            z = jnp.repeat(z, batch, axis=0)
+        return (z - self.latents_mean) * self.latents_inv_std
+
+    def decode(self, latents: jax.Array) -> np.ndarray:
+        """Model-space latents `[B, z, T', h, w]` → frames `[B, F, H, W, 3]` float32 0..1."""
+        z = latents.astype(jnp.float32) / self.latents_inv_std + self.latents_mean
+        video = self.vae.decode(z.astype(self.vae_dtype)).astype(jnp.float32)  # [B, 3, F, H, W]
+        video = jnp.clip(video * 0.5 + 0.5, 0.0, 1.0)
+        return np.asarray(video.transpose(0, 2, 3, 4, 1))
+
+    def _expert_for(self, timestep: float, boundary: float | None) -> int:
+        return 0 if boundary is None or timestep >= boundary else 1
+
+    # -- driver
+
+    def __call__(self, prompt_embeds, negative_prompt_embeds=None, *, image=None, image_embeds=None,
+                 height: int = 480, width: int = 832, num_frames: int = 81,
+                 num_inference_steps: int = 50, guidance_scale: float = 5.0,
+                 guidance_scale_2: float | None = None, seed: int = 0, latents=None,
+                 output_type: str = "np", callback: ProgressCallback | None = None
+                 ) -> WanPipelineOutput:
+        """Sample videos.
+
+        Args:
+            prompt_embeds: `[B, S_txt, text_dim]` UMT5 embeddings (diffusers pads to 512 tokens).
+            negative_prompt_embeds: `[B, S_neg, text_dim]`; required when `guidance_scale > 1`.
+            image: first frame for I2V, `[H, W, 3]` or `[1 or B, H, W, 3]`, float 0..1 or uint8, at
+                the output size.
+            image_embeds: CLIP-vision features `[1 or B, S_img, image_dim]` (Wan 2.1 I2V only;
+                required when the transformer has `image_dim`).
+            height, width: pixels, multiples of `size_multiple`.
+            num_frames: 4k + 1.
+            num_inference_steps: N.
+            guidance_scale: CFG scale (the high-noise expert's for A14B); CFG runs when > 1.
+            guidance_scale_2: the low-noise expert's (default `guidance_scale`); two experts only.
+            seed: noise seed when `latents` is None.
+            latents: initial noise `[B, z, T', h, w]`.
+            output_type: "np" (decode) or "latent".
+            callback: called as `callback(steps_done, N)` after each finished step.
+        Returns:
+            WanPipelineOutput(frames `[B, F, H, W, 3]` float32 0..1, latents `[B, z, T', h, w]`).
+        """
+        # -- validate everything before any compute
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        num_inference_steps = _as_int(num_inference_steps, "num_inference_steps")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        self.check_inputs(height, width, num_frames)
+        two_experts = self.transformer_2 is not None
+        if guidance_scale_2 is not None and not two_experts:
+            raise ValueError("guidance_scale_2 is only for two experts (transformer_2 and "
+                             "boundary_ratio)")
+        config = self.transformer.config
+        i2v = image is not None
+        if i2v and config.in_channels != self._i2v_channels():
+            raise ValueError(f"image given, but the transformer has in_channels {config.in_channels}: "
+                             f"a text-to-video model (image-to-video needs {self._i2v_channels()})")
+        if not i2v and config.in_channels != self.num_channels_latents:
+            raise ValueError(f"the transformer has in_channels {config.in_channels}: an image-to-video "
+                             f"model (text-to-video needs {self.num_channels_latents}); pass image=")
+
+        prompt_embeds = jnp.asarray(prompt_embeds, jnp.float32)
+        if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != config.text_dim:
+            raise ValueError(f"prompt_embeds must be [B, S_txt, {config.text_dim}], got "
+                             f"{prompt_embeds.shape}")
+        batch = prompt_embeds.shape[0]
+        do_cfg = guidance_scale > 1.0
+        if do_cfg:
+            if negative_prompt_embeds is None:
+                raise ValueError(f"guidance_scale={guidance_scale} > 1 needs negative_prompt_embeds "
+                                 "(e.g. the encoded empty prompt), or use guidance_scale <= 1")
+            negative_prompt_embeds = jnp.asarray(negative_prompt_embeds, jnp.float32)
+            if (negative_prompt_embeds.ndim != 3 or negative_prompt_embeds.shape[0] != batch
+                    or negative_prompt_embeds.shape[-1] != config.text_dim):
+                raise ValueError(f"negative_prompt_embeds must be [{batch}, S_neg, {config.text_dim}], "
+                                 f"got {negative_prompt_embeds.shape}")
+        else:
+            negative_prompt_embeds = None
+
+        if config.image_dim is None:
+            if image_embeds is not None:
+                raise ValueError("image_embeds given, but the transformer has no image_dim (only Wan "
+                                 "2.1 I2V takes CLIP-vision features)")
+        else:
+            if not i2v:
+                raise ValueError("the transformer takes CLIP-vision image_embeds (Wan 2.1 I2V); pass "
+                                 "image= and image_embeds=")
+            if image_embeds is None:
+                raise ValueError(f"image_embeds [1 or {batch}, S_img, {config.image_dim}] are required: "
+                                 "the transformer has image_dim (CLIP-vision features of the image)")
+            image_embeds = jnp.asarray(image_embeds, jnp.float32)
+            if (image_embeds.ndim != 3 or image_embeds.shape[0] not in (1, batch)
+                    or image_embeds.shape[-1] != config.image_dim):
+                raise ValueError(f"image_embeds must be [1 or {batch}, S_img, {config.image_dim}], got "
+                                 f"{image_embeds.shape}")
+            image_embeds = jnp.broadcast_to(image_embeds, (batch, *image_embeds.shape[1:]))
+
+        shape = self.latent_shape(batch, height, width, num_frames)
+        if latents is None:
+            latents = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+        else:
+            latents = jnp.asarray(latents, jnp.float32)
+            if latents.shape != shape:
+                raise ValueError(f"latents must be {shape} [B, z, T', h, w], got {latents.shape}")
+        pixels = self._image_pixels(image, batch, height, width) if i2v else None
+
+        # -- conditioning
+        condition = frame_mask = token_mask = None
+        _, t_lat, h_lat, w_lat = shape[1:]
+        if self.expand_timesteps:
+            mask = np.ones((1, 1, t_lat, h_lat, w_lat), np.float32)
+            if i2v:
+                mask[:, :, 0] = 0.0  # the encoded image is frame 0, at timestep 0
+                frame_mask = jnp.asarray(mask)
+            _, ph, pw = config.patch_size
+            token_mask = jnp.asarray(mask[0, 0, :, ::ph, ::pw].reshape(-1))  # [S], (f, h, w) order
+        if i2v:
+            latent_condition = self._encode_condition(pixels, batch, num_frames)
+            if self.expand_timesteps:
+                condition = latent_condition  # [B, z, 1, h, w]
+            else:
+                mask = np.zeros((batch, self.vae_scale_factor_temporal, t_lat, h_lat, w_lat),
+                                np.float32)
+                mask[:, :, 0] = 1.0  # frame 0 packed 4×: all four mask channels of latent frame 0
+                condition = jnp.concatenate([jnp.asarray(mask), latent_condition], axis=1)
+
+        # -- denoise
+        timesteps, sched = self._schedule(num_inference_steps, shape)
+        boundary = None
+        if two_experts:
+            ratio = self.boundary_ratio
+            if ratio is None:
+                ratio = WAN22_I2V_BOUNDARY_RATIO if i2v else WAN22_T2V_BOUNDARY_RATIO
+            boundary = ratio * self.scheduler_config.num_train_timesteps
+            if guidance_scale_2 is None:
+                guidance_scale_2 = guidance_scale
+        scales = (guidance_scale, guidance_scale_2)
+        states = [nnx.state(self.transformer)]
+        if two_experts:
+            states.append(nnx.state(self.transformer_2))
+
+        total = len(timesteps)
+        for i in range(total):
+            expert = self._expert_for(float(timesteps[i]), boundary)
+            latents, sched = self.denoise_steps[expert](
+                states[expert], latents, sched, jnp.asarray(timesteps[i]), prompt_embeds,
+                negative_prompt_embeds, image_embeds, condition, frame_mask, token_mask,
+                jnp.asarray(scales[expert], jnp.float32))
+            if callback is not None:
+                latents.block_until_ready()  # so progress reflects finished work
+                callback(i + 1, total)
+
+        if self.expand_timesteps and i2v:
+            latents = (1 - frame_mask) * condition + frame_mask * latents
+        frames = self.decode(latents) if output_type == "np" else None
+        return WanPipelineOutput(frames=frames, latents=np.asarray(latents))
