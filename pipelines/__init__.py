@@ -1,8 +1,9 @@
 """Sampling pipelines (host loop + jitted steps). May import models_flax, schedulers, sharding, kernels.
 
 - `flux`: Flux text-to-image from precomputed prompt embeddings (`FluxPipeline`).
+- `wan`: Wan 2.1 / 2.2 video (T2V, I2V, two-expert A14B, TI2V-5B) from precomputed embeddings.
 - `cli`: the `jaxdiff generate` subcommand (kept import-light).
-- `image_io`: writing `[B, H, W, C]` 0..1 float images as PNG.
+- `image_io` / `video_io`: writing 0..1 float images as PNG, frames as MP4 / animated WebP.
 
 Names are imported lazily so that `jaxdiff --help` does not import jax.
 """
@@ -17,6 +18,11 @@ _LAZY = {
     "latent_image_ids": ".flux",
     "text_ids": ".flux",
     "save_images": ".image_io",
+    "WanPipeline": ".wan",
+    "WanPipelineOutput": ".wan",
+    "save_video": ".video_io",
+    "save_videos": ".video_io",
+    "read_video": ".video_io",
 }
 
 __all__ = sorted(_LAZY)
