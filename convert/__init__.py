@@ -2,6 +2,7 @@
 
 - `safetensors_io.py` read: lazy safetensors reader (one tensor at a time; BF16/F16/F32/FP8), pickle refused
 - `flux_keys.py`      rename: BFL / ComfyUI Flux single-file names → diffusers names; config from shapes
+- `wan_keys.py`       rename: ComfyUI / original Wan transformer and Wan VAE names → diffusers names
 - `transform.py`      transform: split fused projections, swap halves, dequantise fp8 (`scale_weight`)
 - `place.py`          place: check a checkpoint against an abstract model, fill it unit by unit / onto a mesh
 - `detect.py`, `families.py`  what a path holds; which model class a family builds

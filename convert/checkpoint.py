@@ -55,6 +55,12 @@ def _nest(items: Iterable[tuple[ParamPath, Any]]) -> dict:
     return tree
 
 
+def _relative(path: ParamPath, unit: ParamPath) -> ParamPath:
+    """`path` inside its unit; a top-level parameter (Wan's `scale_shift_table`) is its own unit and
+    is stored under its own name."""
+    return path[len(unit):] or path[-1:]
+
+
 def _lookup(tree: Mapping, path: ParamPath):
     for part in path:
         tree = tree[str(part)]
@@ -95,7 +101,7 @@ def write_converted(out, *, family: str, config: dict, dtype, units, overwrite: 
         try:
             names, count = [], 0
             for unit, arrays in units:
-                tree = _nest((path[len(unit):], array) for path, array in arrays)
+                tree = _nest((_relative(path, unit), array) for path, array in arrays)
                 _save_unit(checkpointer, tmp / PARAMS_DIR / unit_name(unit), tree)
                 names.append(unit_name(unit))
                 count += len(arrays)
@@ -160,12 +166,12 @@ def restore(path, *, dtype=None, mesh=None, progress: Callable[[int], None] | No
     checkpointer = _checkpointer()
     try:
         for unit, paths in by_unit.items():
-            target = _nest((p[len(unit):], jax.ShapeDtypeStruct(
+            target = _nest((_relative(p, unit), jax.ShapeDtypeStruct(
                 params[p].shape, dtype, sharding=None if shardings is None else shardings[p]))
                 for p in paths)
             restored = checkpointer.restore(path / PARAMS_DIR / unit_name(unit), target)
             for p in paths:
-                value = _lookup(restored, p[len(unit):])
+                value = _lookup(restored, _relative(p, unit))
                 params[p].set_value(value if isinstance(value, jax.Array) else jnp.asarray(value))
             if progress:
                 progress(len(paths))

@@ -9,7 +9,9 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="diffusers model directory (config.json + *.safetensors, sharded "
-                        "or not) or a single .safetensors file (BFL / ComfyUI Flux, fp8 included)")
+                        "or not: Flux / Wan transformer, AutoencoderKL / AutoencoderKLWan) or a single "
+                        ".safetensors file (BFL / ComfyUI Flux, Comfy-Org Wan, LDM / Wan VAE; fp8 "
+                        "included)")
     parser.add_argument("out", help="output directory (written atomically: complete or absent)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="parameter dtype (default: the checkpoint's; fp8 → bfloat16)")

@@ -31,6 +31,8 @@ class Family:
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("flux", "FluxTransformer2DModel", "flux", "FluxConfig", "FluxTransformer2DModel"),
     Family("vae_kl", "AutoencoderKL", "vae_kl", "AutoencoderKLConfig", "AutoencoderKL"),
+    Family("wan", "WanTransformer3DModel", "wan", "WanConfig", "WanTransformer3DModel"),
+    Family("vae_wan", "AutoencoderKLWan", "vae_wan", "WanVAEConfig", "AutoencoderKLWan"),
 )}
 BY_CLASS_NAME = {f.class_name: f.name for f in FAMILIES.values()}
 

@@ -1,7 +1,8 @@
 """`load_model` and `convert`: read → rename → transform → place, one unit (block) at a time.
 
 A `Plan` ties the steps together for one torch checkpoint: the lazy reader (safetensors_io), the key
-map (identity for diffusers names, flux_keys for BFL/ComfyUI files, fp8 scales from transform), and
+map (identity for diffusers names minus the keys diffusers ignores, flux_keys for BFL/ComfyUI Flux
+files, wan_keys for ComfyUI Wan transformer / Wan VAE files, fp8 scales from transform), and
 the abstract model it must fill (families + place). Every key, missing parameter and shape is checked
 from headers alone before any tensor is read; then `Plan.units()` yields each block's arrays, which
 are either placed into the model (load) or written as one orbax item (convert, checkpoint.py).
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from flax import nnx
 
-from . import flux_keys, vae_keys
+from . import flux_keys, vae_keys, wan_keys
 from .detect import Source, inspect_path
 from .families import FAMILIES, abstract_model, canonical_dtype, family_for_class, model_config
 from .place import (Path as ParamPath, fill, partition_shardings, plan_placement, to_flax_layout,
@@ -52,6 +53,10 @@ def _detect_single_file(names: dict[str, tuple[int, ...]], path: Path, config: A
     """(family, config, layout) of a single file from its (prefix-stripped) key names and shapes."""
     if flux_keys.is_bfl_flux(names):
         return "flux", (config if config is not None else flux_keys.bfl_flux_config(names)), "bfl"
+    if wan_keys.is_comfy_wan(names):
+        return "wan", (config if config is not None else wan_keys.comfy_wan_config(names)), "comfy_wan"
+    if wan_keys.is_wan_vae(names):
+        return "vae_wan", (config if config is not None else wan_keys.wan_vae_config(names)), "wan_vae"
     if vae_keys.is_ldm_vae(names):
         return "vae_kl", (config if config is not None else vae_keys.ldm_vae_config(names)), "ldm_vae"
     if config is not None:  # diffusers-named file with an explicit config
@@ -62,7 +67,9 @@ def _detect_single_file(names: dict[str, tuple[int, ...]], path: Path, config: A
         f"{path}: unrecognised single-file layout ({len(names)} keys, e.g. "
         f"{', '.join(sorted(names)[:3])}); known: BFL/ComfyUI Flux transformer (key "
         f"{flux_keys.DETECT_KEY!r}), diffusers-named Flux transformer (key "
-        f"{flux_keys.DIFFUSERS_DETECT_KEY!r}), LDM / BFL `ae` VAE (key {vae_keys.DETECT_KEY!r}). "
+        f"{flux_keys.DIFFUSERS_DETECT_KEY!r}), LDM / BFL `ae` VAE (key {vae_keys.DETECT_KEY!r}), "
+        f"ComfyUI / original Wan transformer (key {wan_keys.DETECT_KEY!r}), Wan 2.1 VAE (key "
+        f"{wan_keys.VAE_DETECT_KEY!r}). "
         "Otherwise pass config= or use a diffusers model directory.")
 
 
@@ -122,8 +129,16 @@ class Plan:
             renamed, unknown = vae_keys.ldm_vae_key_map(shapes, len(self.config.block_out_channels))
             self.takes = {name: Take(key, matrix=vae_keys.is_attention_projection(key))
                           for name, key in renamed.items()}
+        elif layout == "comfy_wan":
+            self.takes, unknown = wan_keys.comfy_wan_takes(shapes)
+            missing_keys = wan_keys.comfy_wan_key_names(self.config) - set(shapes)
+        elif layout == "wan_vae":
+            self.takes, unknown = wan_keys.wan_vae_takes(shapes)
+            missing_keys = wan_keys.wan_vae_key_names(self.config) - set(shapes)
         else:
-            self.takes, unknown = {n: Take(n) for n in shapes}, []
+            # diffusers names; keys diffusers itself ignores for this family are dropped (named list)
+            ignored = wan_keys.diffusers_ignored(self.family, shapes) if layout == "diffusers" else set()
+            self.takes, unknown = {n: Take(n) for n in shapes if n not in ignored}, []
         self.dtype = canonical_dtype(dtype) if dtype is not None else _default_dtype(
             {n: reader.infos[self.stored[n]] for n in shapes})
         self.graphdef, self.state = abstract_model(self.family, self.config, self.dtype)
