@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..sharding.mesh import named_shardings
+
 MAX_LISTED = 5
 
 
@@ -152,21 +154,9 @@ def plan_placement(shapes: Mapping[str, tuple[int, ...]], params: Mapping[Path, 
 
 def partition_shardings(state: nnx.State, mesh: jax.sharding.Mesh,
                         rules) -> dict[Path, jax.sharding.NamedSharding]:
-    """`{param_path: NamedSharding}` from the parameters' logical axis names and `rules`."""
-    with nnx.logical_axis_rules(rules):
-        specs = nnx.get_partition_spec(state)
-    return {tuple(p): jax.sharding.NamedSharding(mesh, _on_mesh(v.get_value(), mesh))
-            for p, v in nnx.to_flat_state(specs)}
-
-
-def _on_mesh(spec: jax.sharding.PartitionSpec, mesh: jax.sharding.Mesh) -> jax.sharding.PartitionSpec:
-    """Drop mesh axes the rules name but `mesh` lacks (e.g. no `fsdp` axis → that dim is replicated)."""
-    def keep(entry):
-        if entry is None:
-            return None
-        names = tuple(n for n in ((entry,) if isinstance(entry, str) else entry) if n in mesh.axis_names)
-        return None if not names else names[0] if len(names) == 1 else names
-    return jax.sharding.PartitionSpec(*(keep(e) for e in spec))
+    """`{param_path: NamedSharding}` from the parameters' logical axis names and `rules`: the same
+    placement as `sharding.shard_module` (absent or non-dividing mesh axes replicate; FSDP fallback)."""
+    return {tuple(p): s for p, s in named_shardings(state, mesh, rules).items()}
 
 
 def fill(params: Mapping[Path, nnx.Variable], arrays: Iterable[tuple[Path, np.ndarray]],
