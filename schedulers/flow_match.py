@@ -12,21 +12,20 @@ has N entries and equals `sigmas[:-1] * num_train_timesteps`. Flux models take `
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-from typing import Any, Mapping, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+from .config_io import SchedulerConfigIO
+
 KARRAS_RHO = 7.0
 
 
 @dataclasses.dataclass(frozen=True)
-class FlowMatchEulerConfig:
+class FlowMatchEulerConfig(SchedulerConfigIO):
     """Mirror of diffusers `FlowMatchEulerDiscreteScheduler` config.json (same field names)."""
 
     num_train_timesteps: int = 1000
@@ -51,23 +50,6 @@ class FlowMatchEulerConfig:
         if sum([self.use_karras_sigmas, self.use_exponential_sigmas, self.use_beta_sigmas]) > 1:
             raise ValueError("only one of use_karras_sigmas, use_exponential_sigmas, "
                              "use_beta_sigmas can be set")
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "FlowMatchEulerConfig":
-        """Build from a config dict; unknown keys (`_class_name`, `_diffusers_version`, …) are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names})
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "FlowMatchEulerConfig":
-        """Read `scheduler_config.json` (or a directory holding one)."""
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, SCHEDULER_CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no scheduler config at {path}")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
 
 
 # black-forest-labs/FLUX.1-dev and FLUX.1-schnell scheduler/scheduler_config.json.

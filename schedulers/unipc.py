@@ -22,17 +22,16 @@ what diffusers' Wan pipelines hand the transformer. Latents follow
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .config_io import SchedulerConfigIO
+
 from .flow_match import time_shift
 
-SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 # diffusers nudges sigma_max = 1 down by this much so log(alpha) = log(1 - sigma) stays finite.
 FIRST_SIGMA_EPS = 1e-6
 # diffusers maps these legacy solver names to bh2.
@@ -40,7 +39,7 @@ _BH2_ALIASES = ("midpoint", "heun", "logrho")
 
 
 @dataclasses.dataclass(frozen=True)
-class UniPCConfig:
+class UniPCConfig(SchedulerConfigIO):
     """Mirror of diffusers `UniPCMultistepScheduler` config.json (same field names and defaults)."""
 
     num_train_timesteps: int = 1000
@@ -95,23 +94,6 @@ class UniPCConfig:
                              "use_beta_sigmas can be set")
         if self.shift_terminal is not None and not self.use_flow_sigmas:
             raise ValueError("shift_terminal is only supported with use_flow_sigmas=True")
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "UniPCConfig":
-        """Build from a config dict; unknown keys (`_class_name`, …) are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names})
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "UniPCConfig":
-        """Read `scheduler_config.json` (or a directory holding one)."""
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, SCHEDULER_CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no scheduler config at {path}")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
 
 
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers scheduler/scheduler_config.json (480p, flow_shift 3.0). For 720p
