@@ -22,11 +22,10 @@ import numpy as np
 from flax import nnx
 
 from ..kernels.attention import attention
-from .layers import Linear, RMSNorm
+from .layers import Linear, RMSNorm, timestep_projection
 
 ROPE_THETA = 10000.0
 TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep/guidance projection (diffusers `time_proj`)
-MAX_PERIOD = 10000.0
 TIME_SCALE = 1000.0  # sigma in [0, 1] → the model's timestep units (also applied to guidance)
 NORM_EPS = 1e-6
 MLP_RATIO = 4
@@ -67,19 +66,6 @@ class FluxConfig:
 
 
 # ----------------------------------------------------------------------------- positional tables
-
-
-def timestep_projection(t: jax.Array, dim: int = TIMESTEP_CHANNELS) -> jax.Array:
-    """diffusers `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`: `[B]` → `[B, dim]` fp32.
-
-    Frequencies are float64-exact constants rounded to fp32 (torch's fp32 `exp` is nearly correctly
-    rounded; `jnp.exp` is off by an ulp more often, which matters at guidance × 1000 arguments).
-    """
-    half = dim // 2
-    exponent = np.float32(-math.log(MAX_PERIOD)) * np.arange(half, dtype=np.float32) / np.float32(half)
-    freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)  # [half]
-    args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, half]
-    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)  # [B, dim]
 
 
 def rope_tables(ids: jax.Array, axes_dims: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
@@ -170,9 +156,11 @@ class TimeTextEmbed(nnx.Module):
     def __call__(self, timestep: jax.Array, guidance: jax.Array | None,
                  pooled: jax.Array) -> jax.Array:
         dtype = pooled.dtype
-        temb = self.timestep_embedder(timestep_projection(timestep).astype(dtype))  # [B, D]
+        proj = timestep_projection(timestep, TIMESTEP_CHANNELS)  # [B, 256] fp32
+        temb = self.timestep_embedder(proj.astype(dtype))  # [B, D]
         if guidance is not None:
-            temb = temb + self.guidance_embedder(timestep_projection(guidance).astype(dtype))
+            proj = timestep_projection(guidance, TIMESTEP_CHANNELS)
+            temb = temb + self.guidance_embedder(proj.astype(dtype))
         return temb + self.text_embedder(pooled)
 
 

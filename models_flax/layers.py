@@ -17,6 +17,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Axes = tuple[str | None, ...]
@@ -145,41 +146,14 @@ class Conv(nnx.Module):
         return y
 
 
-def timestep_embedding(t: jax.Array, dim: int, *, flip_sin_to_cos: bool = True,
-                       downscale_freq_shift: float = 0.0, scale: float = 1.0,
-                       max_period: float = 10000.0) -> jax.Array:
-    """Sinusoidal embedding of `t` `[B]` → `[B, dim]`, as diffusers `get_timestep_embedding`."""
-    half = dim // 2
-    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
-    exponent = exponent / (half - downscale_freq_shift)
-    freqs = jnp.exp(exponent)
-    args = t.astype(jnp.float32)[:, None] * freqs[None, :] * scale  # [B, half]
-    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
-    if flip_sin_to_cos:
-        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
-    if dim % 2 == 1:
-        emb = jnp.pad(emb, ((0, 0), (0, 1)))
-    return emb
+def timestep_projection(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """diffusers `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`: `[N]` → `[N, dim]` fp32.
 
-
-def rope_frequencies(positions: jax.Array, dim: int, theta: float = 10000.0) -> tuple[jax.Array, jax.Array]:
-    """Real-valued RoPE tables for 1-D `positions` `[S]`: (cos, sin) each `[S, dim]`, interleaved pairs.
-
-    Matches diffusers `get_1d_rotary_pos_embed(..., use_real=True, repeat_interleave_real=True)`
-    computed in float64 there; we use float32 (see DESIGN "fp32 noise").
+    Frequencies are float64-exact constants rounded to fp32 (torch's fp32 `exp` is nearly correctly
+    rounded; `jnp.exp` is off by an ulp more often, which matters at arguments ~1000 and guidance×1000).
     """
-    freqs = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32)[: dim // 2] / dim))  # [dim/2]
-    angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [S, dim/2]
-    cos = jnp.repeat(jnp.cos(angles), 2, axis=-1)  # [S, dim]
-    sin = jnp.repeat(jnp.sin(angles), 2, axis=-1)
-    return cos, sin
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate interleaved pairs of `x` `[B, S, H, D]` by tables `[S, D]` (diffusers `apply_rotary_emb`)."""
-    dtype = x.dtype
-    x32 = x.astype(jnp.float32)
-    pairs = x32.reshape(*x.shape[:-1], -1, 2)  # [B, S, H, D/2, 2]
-    rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
-    out = x32 * cos[None, :, None, :] + rotated * sin[None, :, None, :]
-    return out.astype(dtype)
+    half = dim // 2
+    exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half)
+    freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)  # [half]
+    args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [N, half]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)  # [N, dim]

@@ -26,10 +26,9 @@ import numpy as np
 from flax import nnx
 
 from ..kernels.attention import attention
-from .layers import Conv, LayerNorm, Linear, RMSNorm, param
+from .layers import Conv, LayerNorm, Linear, RMSNorm, param, timestep_projection
 
 ROPE_THETA = 10000.0
-MAX_PERIOD = 10000.0
 NUM_MODULATIONS = 6  # shift/scale/gate for self-attention and for the FFN
 IMAGE_NORM_EPS = 1e-5  # diffusers FP32LayerNorm default inside WanImageEmbedding
 
@@ -84,19 +83,6 @@ class WanConfig:
 
 
 # ----------------------------------------------------------------------------- positional tables
-
-
-def timestep_projection(t: jax.Array, dim: int) -> jax.Array:
-    """diffusers `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`: `[N]` → `[N, dim]` fp32.
-
-    Frequencies are float64-exact constants rounded to fp32 (torch's fp32 `exp` is nearly correctly
-    rounded; `jnp.exp` is off by an ulp more often, which matters at timesteps ~1000).
-    """
-    half = dim // 2
-    exponent = np.float32(-math.log(MAX_PERIOD)) * np.arange(half, dtype=np.float32) / np.float32(half)
-    freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)  # [half]
-    args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [N, half]
-    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)  # [N, dim]
 
 
 def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
