@@ -185,8 +185,8 @@ def load_prompt_embeds(path: str | os.PathLike):
 
 
 def _host_init(path, leaf, rng):
-    """Init value for one parameter, mirroring models_flax/layers.py (bias 0, scale 1, kernels
-    N(0, 0.02²) for Linear and N(0, 1/fan_in) for Conv), drawn with numpy."""
+    """Init value for one parameter, mirroring models_flax/layers.py (bias 0, norm scale / Wan VAE
+    `gamma` 1, kernels N(0, 0.02²) for Linear and N(0, 1/fan_in) for Conv), drawn with numpy."""
     import math
 
     import numpy as np
@@ -195,7 +195,7 @@ def _host_init(path, leaf, rng):
     name = [n for n in names if isinstance(n, str) and n != "value"][-1]
     if name == "bias":
         value = np.zeros(leaf.shape)
-    elif name == "scale":
+    elif name in ("scale", "gamma"):
         value = np.ones(leaf.shape)
     else:
         std = 0.02 if len(leaf.shape) <= 2 else 1.0 / math.sqrt(math.prod(leaf.shape[:-1]))
@@ -203,15 +203,25 @@ def _host_init(path, leaf, rng):
     return value.astype(np.float32)
 
 
-def build_embedded(dtype: str = "float32"):
-    """The embedded default: (tiny random Flux transformer, tiny random VAE), fixed seed.
-
-    Built abstractly and filled from numpy: eager (or jitted) jax.random init of a few hundred
-    small parameters costs ~20 s of dispatch/compile on CPU, numpy well under a second.
-    """
+def _build_from_host(make):
+    """`make()`'s modules built abstractly and filled by `_host_init` from a fixed-seed numpy RNG:
+    eager (or jitted) jax.random init of a few hundred small parameters costs ~20 s of
+    dispatch/compile on CPU, numpy well under a second."""
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from flax import nnx
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    rng = np.random.default_rng(EMBEDDED_WEIGHT_SEED)
+    state = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.asarray(_host_init(path, leaf, rng), leaf.dtype), abstract)
+    return nnx.merge(graphdef, state)
+
+
+def build_embedded(dtype: str = "float32"):
+    """The embedded default: (tiny random Flux transformer, tiny random VAE), fixed seed."""
+    import jax.numpy as jnp
     from flax import nnx
 
     from ..models_flax.flux import FluxConfig, FluxTransformer2DModel
@@ -226,12 +236,7 @@ def build_embedded(dtype: str = "float32"):
                 AutoencoderKL(AutoencoderKLConfig(**EMBEDDED_VAE), param_dtype=param_dtype,
                               rngs=rngs))
 
-    graphdef, abstract = nnx.split(nnx.eval_shape(make))
-    rng = np.random.default_rng(EMBEDDED_WEIGHT_SEED)
-    state = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.asarray(_host_init(path, leaf, rng), leaf.dtype), abstract)
-    transformer, vae = nnx.merge(graphdef, state)
-    return transformer, vae
+    return _build_from_host(make)
 
 
 def random_prompt_embeds(seed: int, config):
@@ -294,25 +299,13 @@ def load_models(args):
 # ----------------------------------------------------------------------------- Wan inputs
 
 
-def _wan_host_init(path, leaf, rng):
-    """`_host_init`, plus the Wan VAE's RMS-norm `gamma` at 1 (as the module initialises it)."""
-    import numpy as np
-
-    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-    if [n for n in names if isinstance(n, str) and n != "value"][-1] == "gamma":
-        return np.ones(leaf.shape, np.float32)
-    return _host_init(path, leaf, rng)
-
-
 def build_embedded_wan(dtype: str = "float32", *, image_to_video: bool = False):
     """The embedded Wan default: (tiny random transformer, tiny random Wan 2.1 VAE), fixed seed.
 
     `image_to_video` gives the transformer 36 input channels (noise + mask + image latents).
     Built abstractly and filled from numpy, like `build_embedded`.
     """
-    import jax
     import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
 
     from ..models_flax.vae_wan import AutoencoderKLWan, WanVAEConfig
@@ -330,12 +323,7 @@ def build_embedded_wan(dtype: str = "float32", *, image_to_video: bool = False):
                 AutoencoderKLWan(WanVAEConfig(**EMBEDDED_WAN_VAE), param_dtype=param_dtype,
                                  rngs=rngs))
 
-    graphdef, abstract = nnx.split(nnx.eval_shape(make))
-    rng = np.random.default_rng(EMBEDDED_WEIGHT_SEED)
-    state = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.asarray(_wan_host_init(path, leaf, rng), leaf.dtype), abstract)
-    transformer, vae = nnx.merge(graphdef, state)
-    return transformer, vae
+    return _build_from_host(make)
 
 
 def random_wan_embeds(seed: int, config) -> dict:
