@@ -14,11 +14,10 @@ from flax import nnx
 
 from jaxdiff.convert.place import load_state_dict, param_targets, resolve_path, to_flax_layout
 from jaxdiff.models_flax.vae_kl import FLUX_VAE_CONFIG, AutoencoderKL, AutoencoderKLConfig
+from vae_fixtures import randomize_vae_
 
 TOLERANCE = 1e-5  # max abs diff, fp32
 SEED = 0
-WEIGHT_STD = 0.5  # conv/linear weights ~ N(0, (WEIGHT_STD / sqrt(fan_in))²)
-NORM_STD = 0.2  # norm scales ~ 1 + N(0, NORM_STD²); all biases ~ N(0, NORM_STD²)
 
 TINY = dict(  # like diffusers' own AutoencoderKL tests
     block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1, latent_channels=4,
@@ -44,20 +43,6 @@ FLUX_CONFIG_JSON = {
 }
 
 
-def randomize_(module: torch.nn.Module, seed: int = SEED) -> None:
-    """Overwrite every parameter with seeded noise so no bug hides behind zero/identity init."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("bias"):
-                p.copy_(NORM_STD * noise)
-            elif p.ndim == 1:  # norm scale
-                p.copy_(1.0 + NORM_STD * noise)
-            else:
-                p.copy_(WEIGHT_STD / np.sqrt(p[0].numel()) * noise)
-
-
 def abstract_vae(cfg: AutoencoderKLConfig) -> AutoencoderKL:
     """Shapes only, no random init (fast); `load_state_dict` fills in the weights."""
     return nnx.eval_shape(lambda: AutoencoderKL(cfg, rngs=nnx.Rngs(0)))
@@ -65,7 +50,7 @@ def abstract_vae(cfg: AutoencoderKLConfig) -> AutoencoderKL:
 
 def build_pair(overrides: dict) -> tuple[TorchAutoencoderKL, AutoencoderKL]:
     torch_vae = TorchAutoencoderKL(**overrides).eval()
-    randomize_(torch_vae)
+    randomize_vae_(torch_vae)
     ours = abstract_vae(AutoencoderKLConfig.from_dict(dict(torch_vae.config)))
     load_state_dict(ours, {k: v.numpy() for k, v in torch_vae.state_dict().items()})
     return torch_vae, ours

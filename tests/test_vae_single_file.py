@@ -23,11 +23,10 @@ from jaxdiff.convert.vae_keys import (is_ldm_vae, ldm_vae_config, ldm_vae_key_ma
                                       ldm_vae_state_dict, ldm_vae_transform, ldm_vae_transform_shape,
                                       vae_subset)
 from jaxdiff.models_flax.vae_kl import FLUX_VAE_CONFIG, AutoencoderKL
+from vae_fixtures import randomize_vae_
 
 TOLERANCE = 1e-5  # max abs diff, fp32
 SEED = 0
-WEIGHT_STD = 0.5  # conv weights ~ N(0, (WEIGHT_STD / sqrt(fan_in))²)
-NORM_STD = 0.2  # norm scales ~ 1 + N(0, NORM_STD²); biases ~ N(0, NORM_STD²)
 BATCH, IMAGE_SIDE = 2, 16
 
 COMFY_TARBALL = (Path(__file__).resolve().parents[1].parent / "shared" / "comfyui"
@@ -96,29 +95,12 @@ def comfy_vae(comfy, ddconfig: dict):
         decoder_config={"target": DECODER, "params": ddconfig})
 
 
-def randomize_(module, seed: int = SEED):
-    """Overwrite every parameter with seeded noise so no bug hides behind zero/identity init."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("bias"):
-                p.copy_(NORM_STD * noise)
-            elif p.ndim == 1:  # norm scale
-                p.copy_(1.0 + NORM_STD * noise)
-            else:
-                p.copy_(WEIGHT_STD / np.sqrt(p[0].numel()) * noise)
-    return module.eval()
-
-
 @pytest.fixture(scope="module")
 def tiny_models(comfy):
     """`{kind: (ComfyUI module, its state dict as numpy)}` for the tiny Flux and SD VAEs."""
     models = {}
     for kind, ddconfig in TINY.items():
-        model = randomize_(comfy_vae(comfy, ddconfig).float())
+        model = randomize_vae_(comfy_vae(comfy, ddconfig).float()).eval()
         models[kind] = model, {k: v.numpy() for k, v in model.state_dict().items()}
     return models
 

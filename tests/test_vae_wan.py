@@ -16,11 +16,10 @@ from jaxdiff.convert.place import load_state_dict, param_targets, resolve_path, 
 from jaxdiff.models_flax import vae_wan
 from jaxdiff.models_flax.vae_wan import (WAN21_VAE_CONFIG, WAN22_VAE_CONFIG, AutoencoderKLWan,
                                          WanVAEConfig, patchify, unpatchify)
+from vae_fixtures import randomize_vae_
 
 TOLERANCE = 1e-5  # max abs diff, fp32
 SEED = 0
-WEIGHT_STD = 0.5  # conv weights ~ N(0, (WEIGHT_STD / sqrt(fan_in))²)
-NORM_STD = 0.2  # RMS norm gammas ~ 1 + N(0, NORM_STD²); all biases ~ N(0, NORM_STD²)
 FRAMES = 9  # 1 + 2·4: the first-frame chunk plus two 4-frame chunks
 LATENT_SCALE = 3.0  # decode inputs this large drive some outputs past ±1, so the final clamp matters
 
@@ -41,20 +40,6 @@ CONFIGS = {
 SIZE = {"wan21_tiny": 16, "wan21_widths": 16, "wan22_tiny": 32}  # pixels; latents are 2×2
 
 
-def randomize_(module: torch.nn.Module, seed: int = SEED) -> None:
-    """Overwrite every parameter with seeded noise so no bug hides behind zero/identity init."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("bias"):
-                p.copy_(NORM_STD * noise)
-            elif name.endswith("gamma"):  # WanRMS_norm scale, [C, 1, 1(, 1)]
-                p.copy_(1.0 + NORM_STD * noise)
-            else:
-                p.copy_(WEIGHT_STD / np.sqrt(p[0].numel()) * noise)
-
-
 def abstract_vae(cfg: WanVAEConfig) -> AutoencoderKLWan:
     """Shapes only, no random init (fast); `load_state_dict` fills in the weights."""
     return nnx.eval_shape(lambda: AutoencoderKLWan(cfg, rngs=nnx.Rngs(0)))
@@ -62,7 +47,7 @@ def abstract_vae(cfg: WanVAEConfig) -> AutoencoderKLWan:
 
 def build_pair(overrides: dict) -> tuple[TorchAutoencoderKLWan, AutoencoderKLWan]:
     torch_vae = TorchAutoencoderKLWan(**overrides).eval()
-    randomize_(torch_vae)
+    randomize_vae_(torch_vae)
     ours = abstract_vae(WanVAEConfig.from_dict(dict(torch_vae.config)))
     load_state_dict(ours, {k: v.numpy() for k, v in torch_vae.state_dict().items()})
     return torch_vae, ours
