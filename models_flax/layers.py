@@ -157,3 +157,16 @@ def timestep_projection(t: jax.Array, dim: int, max_period: float = 10000.0) -> 
     freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)  # [half]
     args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [N, half]
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)  # [N, dim]
+
+
+class GaussianPosterior:
+    """Mixin for VAEs whose `encode(sample)` returns `(mean, logvar)` of a diagonal Gaussian."""
+
+    def encode_mode(self, sample: jax.Array) -> jax.Array:
+        """Raw (unscaled) latent: the posterior mean."""
+        return self.encode(sample)[0]
+
+    def encode_sample(self, sample: jax.Array, key: jax.Array) -> jax.Array:
+        """A draw mean + std·ε from the posterior (diffusers `latent_dist.sample()`, JAX RNG)."""
+        mean, logvar = self.encode(sample)
+        return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)

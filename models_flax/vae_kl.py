@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ..kernels.attention import attention
-from .layers import Conv, GroupNorm, Linear
+from .layers import Conv, GaussianPosterior, GroupNorm, Linear
 
 RESNET_EPS = 1e-6  # diffusers' Encoder/Decoder pass resnet_eps=1e-6 to every norm
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # DiagonalGaussianDistribution clamps logvar to this range
@@ -276,7 +276,7 @@ def _check_config(cfg: AutoencoderKLConfig) -> None:
     _activation(cfg.act_fn)
 
 
-class AutoencoderKL(nnx.Module):
+class AutoencoderKL(GaussianPosterior, nnx.Module):
     """diffusers `AutoencoderKL`; arrays are NCHW at every public method."""
 
     def __init__(self, config: AutoencoderKLConfig, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -300,15 +300,6 @@ class AutoencoderKL(nnx.Module):
             h = self.quant_conv(h)
         mean, logvar = jnp.split(_nhwc_to_nchw(h), 2, axis=1)
         return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
-
-    def encode_mode(self, sample: jax.Array) -> jax.Array:
-        """Raw (unscaled) latent `[B, latent, H/f, W/f]`: the posterior mean."""
-        return self.encode(sample)[0]
-
-    def encode_sample(self, sample: jax.Array, key: jax.Array) -> jax.Array:
-        """A draw mean + std·ε from the posterior (diffusers `latent_dist.sample()`, JAX RNG)."""
-        mean, logvar = self.encode(sample)
-        return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
 
     def decode(self, z: jax.Array) -> jax.Array:
         """Raw latent `[B, latent, h, w]` → image `[B, C_out, h·f, w·f]` (diffusers `decode(z).sample`)."""

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ..kernels.attention import attention
-from .layers import Conv, param
+from .layers import Conv, GaussianPosterior, param
 
 CACHE_T = 2  # frames a causal conv keeps from the previous chunk (its time padding)
 ENCODE_CHUNK_FRAMES = 4  # frames per encoder chunk after the first frame
@@ -522,7 +522,7 @@ encode_step = jax.jit(_encode_step, static_argnums=0)
 decode_step = jax.jit(_decode_step, static_argnums=0)
 
 
-class AutoencoderKLWan(nnx.Module):
+class AutoencoderKLWan(GaussianPosterior, nnx.Module):
     """diffusers `AutoencoderKLWan`; arrays are NCTHW at every public method."""
 
     def __init__(self, config: WanVAEConfig, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -567,15 +567,6 @@ class AutoencoderKLWan(nnx.Module):
             outs.append(h)
         mean, logvar = jnp.split(_nthwc_to_ncthw(jnp.concatenate(outs, axis=1)), 2, axis=1)
         return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
-
-    def encode_mode(self, sample: jax.Array) -> jax.Array:
-        """Raw (unnormalised) latent `[B, z, T', h, w]`: the posterior mean."""
-        return self.encode(sample)[0]
-
-    def encode_sample(self, sample: jax.Array, key: jax.Array) -> jax.Array:
-        """A draw mean + std·ε from the posterior (diffusers `latent_dist.sample()`, JAX RNG)."""
-        mean, logvar = self.encode(sample)
-        return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
 
     def decode(self, z: jax.Array) -> jax.Array:
         """Raw latent `[B, z, T', h, w]` → video `[B, C_out, 1 + 4(T'−1), H, W]` in [−1, 1]
