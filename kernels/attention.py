@@ -4,16 +4,90 @@ Layout everywhere: q/k/v `[batch, seq, heads, head_dim]` (jax.nn.dot_product_att
 `implementation`: "xla" (portable einsum softmax), "cudnn" (GPU fused kernel), "splash" (TPU Pallas,
 kernels/splash.py; interpret mode off TPU) or None/"auto" = best for the current backend: splash on
 TPU (when the mask, if any, is a per-key padding mask), cuDNN on GPU where shapes allow, else XLA.
+
+Model code never names a kernel or a mesh: callers choose both for a region of code with the
+`attention_options(...)` context manager, read at trace time, e.g.
+
+    with attention_options(implementation="splash", sequence_parallel="ulysses", mesh=mesh):
+        step = jax.jit(denoise_step)   # trace (first call) inside the context
+        latents = step(...)
+
+`sequence_parallel` ("ulysses" or "ring", kernels/sequence_parallel.py) splits the sequence over the mesh
+axis `seq_axis` (default "seq") with `shard_map`; it is inactive when the mesh lacks that axis or its size
+is 1. Options are scoped (a `contextvars.ContextVar`), not a global: nested contexts override fields
+they set and restore the outer ones on exit. jit caches by function and arguments, not by context:
+build (or first call) a jitted function inside the context it should be traced under.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import math
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+SEQUENCE_PARALLEL = ("ulysses", "ring")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+    """What `attention` does when its caller passes no `implementation`.
+
+    implementation: one of IMPLEMENTATIONS ("auto" picks by backend).
+    sequence_parallel: None, "ulysses" (all-to-all sequence↔heads; heads per device must divide by
+      the seq axis size) or "ring" (K/V blocks passed around the seq axis, online softmax; any heads).
+    mesh: the `jax.sharding.Mesh` to split over; None = the mesh set by `jax.set_mesh`, if any.
+    seq_axis: mesh axis that splits the sequence.
+    batch_axes / head_axes: mesh axes that may already split the batch / heads of q, k, v (kept split
+      inside shard_map when present in the mesh and dividing the dimension; others replicate).
+    """
+
+    implementation: str = "auto"
+    sequence_parallel: str | None = None
+    mesh: Any = None
+    seq_axis: str = "seq"
+    batch_axes: tuple[str, ...] = ("data", "fsdp")
+    head_axes: tuple[str, ...] = ("tensor",)
+
+    def __post_init__(self):
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown attention implementation {self.implementation!r}; "
+                             f"choose from {IMPLEMENTATIONS}")
+        if self.sequence_parallel not in (None, *SEQUENCE_PARALLEL):
+            raise ValueError(f"unknown sequence_parallel {self.sequence_parallel!r}; choose from "
+                             f"{SEQUENCE_PARALLEL} or None")
+
+
+_OPTIONS: contextvars.ContextVar[AttentionOptions] = contextvars.ContextVar(
+    "jaxdiff_attention_options", default=AttentionOptions())
+
+
+def current_options() -> AttentionOptions:
+    """The options in force (defaults outside any `attention_options` context)."""
+    return _OPTIONS.get()
+
+
+@contextlib.contextmanager
+def attention_options(**changes) -> Iterator[AttentionOptions]:
+    """Set AttentionOptions fields (`implementation=`, `sequence_parallel=`, `mesh=`, `seq_axis=`, …)
+    for the code traced inside the block; fields not given keep their outer values. A value of None for
+    `implementation` means "auto". Yields the options in force."""
+    if changes.get("implementation", "auto") is None:
+        changes["implementation"] = "auto"
+    unknown = set(changes) - {f.name for f in dataclasses.fields(AttentionOptions)}
+    if unknown:
+        raise TypeError(f"unknown attention option(s) {sorted(unknown)}")
+    options = dataclasses.replace(_OPTIONS.get(), **changes)
+    token = _OPTIONS.set(options)
+    try:
+        yield options
+    finally:
+        _OPTIONS.reset(token)
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
@@ -44,8 +118,25 @@ def _is_key_mask(mask, batch: int, sk: int) -> bool:
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float | None = None,
               mask: jax.Array | None = None, implementation: str | None = None) -> jax.Array:
-    """softmax(q kᵀ · scale) v over `[B, S, H, D]` inputs; returns `[B, Sq, H, D]`."""
+    """softmax(q kᵀ · scale) v over `[B, S, H, D]` inputs; returns `[B, Sq, H, D]`.
+
+    `implementation` None takes `current_options()`; so does sequence parallelism (see module doc).
+    """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    options = current_options()
+    if options.sequence_parallel is not None:
+        from .sequence_parallel import sequence_parallel_attention, seq_mesh
+        mesh = seq_mesh(options)
+        if mesh is not None:
+            return sequence_parallel_attention(q, k, v, scale=scale, mask=mask, options=options, mesh=mesh,
+                                               implementation=implementation or options.implementation)
+    return local_attention(q, k, v, scale=scale, mask=mask,
+                           implementation=implementation or options.implementation)
+
+
+def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
+                    mask: jax.Array | None = None, implementation: str = "auto") -> jax.Array:
+    """`attention` on the arrays as given (no sequence parallelism): the backend dispatch."""
     impl = implementation or "auto"
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose from {IMPLEMENTATIONS}")

@@ -25,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from jaxdiff.kernels.attention import attention_options  # noqa: E402
 from jaxdiff.models_flax.flux import FluxConfig, FluxTransformer2DModel  # noqa: E402
 from jaxdiff.models_flax.wan import WanConfig, WanTransformer3DModel  # noqa: E402
 from jaxdiff.sharding import (logical_sharding, make_mesh, named_shardings, param_bytes,  # noqa: E402
@@ -32,12 +33,20 @@ from jaxdiff.sharding import (logical_sharding, make_mesh, named_shardings, para
 
 BATCH = 8  # divisible by every batch-sharding mesh axis below
 WEIGHT_STD = 0.05
-MESHES = {  # name → (spec, number of devices)
-    "data": ("data=8", 8),
-    "fsdp": ("fsdp=8", 8),
-    "tensor": ("tensor=2", 2),
-    "fsdp_tensor": ("fsdp=4,tensor=2", 8),
+MESHES = {  # name → (spec, number of devices, sequence parallelism)
+    "data": ("data=8", 8, None),
+    "fsdp": ("fsdp=8", 8, None),
+    "tensor": ("tensor=2", 2, None),
+    "fsdp_tensor": ("fsdp=4,tensor=2", 8, None),
+    # sequence parallel (both tiny models have 2 heads: Ulysses up to seq=2, ring for any size)
+    "seq2_ulysses": ("seq=2", 2, "ulysses"),
+    "fsdp4_seq2_ulysses": ("fsdp=4,seq=2", 8, "ulysses"),
+    "seq4_ring": ("seq=4", 4, "ring"),
+    "seq8_ring": ("seq=8", 8, "ring"),
+    "data2_seq4_ring": ("data=2,seq=4", 8, "ring"),
+    "tensor2_seq4_ring": ("tensor=2,seq=4", 8, "ring"),
 }
+COLLECTIVES = ("all-to-all", "collective-permute")
 # (model, parameter path) whose placement is recorded
 PROBES = {
     "flux": [("transformer_blocks", 0, "attn", "to_q", "kernel"),
@@ -99,10 +108,13 @@ def forward_fn(graphdef):
     return jax.jit(lambda state, inputs: nnx.merge(graphdef, state)(**inputs))
 
 
-def place_inputs(inputs: dict, mesh, unbatched: set) -> dict:
+def place_inputs(inputs: dict, mesh, unbatched: set, seq_inputs: set = frozenset()) -> dict:
+    """Batch axes on the `batch` rule; token inputs `[B, S, C]` named in `seq_inputs` also on `seq`."""
     out = {}
     for name, x in inputs.items():
         axes = (None if name in unbatched else "batch",) + (None,) * (x.ndim - 1)
+        if name in seq_inputs:
+            axes = ("batch", "seq") + (None,) * (x.ndim - 2)
         out[name] = jax.device_put(x, logical_sharding(axes, mesh, shape=x.shape))
     return out
 
@@ -116,15 +128,17 @@ def run_model(name: str, build) -> dict:
     input_bytes = sum(np.asarray(v).nbytes for v in inputs.values())
     results = {"param_bytes": total, "input_bytes": input_bytes, "ref_abs_max": float(np.abs(ref).max()),
                "meshes": {}}
-    for mesh_name, (spec, n) in MESHES.items():
+    for mesh_name, (spec, n, seq_mode) in MESHES.items():
         mesh = make_mesh(spec, devices=jax.devices()[:n])
         t0 = time.perf_counter()
         copy = jax.tree.map(jnp.copy, state)  # merge shares Variables: keep `state` unsharded
         sharded = shard_module(nnx.merge(graphdef, copy), mesh)
         _, s_state = nnx.split(sharded)
-        s_inputs = place_inputs(inputs, mesh, unbatched)
-        compiled = forward.lower(s_state, s_inputs).compile()
+        s_inputs = place_inputs(inputs, mesh, unbatched, {"hidden_states"} if name == "flux" else set())
+        with attention_options(sequence_parallel=seq_mode, mesh=mesh):  # traced in here
+            compiled = forward_fn(graphdef).lower(s_state, s_inputs).compile()
         out = compiled(s_state, s_inputs)
+        hlo = compiled.as_text()
         flat = dict(nnx.to_flat_state(s_state))
         probes = {}
         for path in PROBES[name]:
@@ -139,12 +153,21 @@ def run_model(name: str, build) -> dict:
                                for p, v in nnx.to_flat_state(state))
         results["meshes"][mesh_name] = {
             "spec": spec, "devices": n, "seconds": time.perf_counter() - t0, "max_abs_diff": float(np.abs(np.asarray(out) - ref).max()),
-            "out_spec": str(out.sharding.spec), "probes": probes,
+            "out_spec": str(out.sharding.spec), "probes": probes, "sequence_parallel": seq_mode,
+            "collectives": {c: hlo.count(c) for c in COLLECTIVES},
             "arg_bytes_per_device": int(mem.argument_size_in_bytes),
             "param_bytes_per_device": per_device_bytes(s_state),
             "param_bytes_per_device_without_fallback": int(without_fallback),
             "input_bytes_per_device": per_device_bytes(s_inputs)}
     results["reference_state_untouched"] = per_device_bytes(state) == total
+    # Ulysses needs heads (2 here) divisible by the seq axis: seq=4 must be refused with a clear error
+    mesh = make_mesh("seq=4", devices=jax.devices()[:4])
+    try:
+        with attention_options(sequence_parallel="ulysses", mesh=mesh):
+            forward_fn(graphdef).lower(state, place_inputs(inputs, mesh, unbatched)).compile()
+        results["ulysses_refusal"] = None
+    except ValueError as exc:
+        results["ulysses_refusal"] = str(exc)
     return results
 
 

@@ -35,6 +35,9 @@ def results():
 
 MODELS = ("flux", "wan")
 MESHES = ("data", "fsdp", "tensor", "fsdp_tensor")
+SEQ_MESHES = {  # name → (sequence parallelism, seq axis size)
+    "seq2_ulysses": ("ulysses", 2), "fsdp4_seq2_ulysses": ("ulysses", 2), "seq4_ring": ("ring", 4),
+    "seq8_ring": ("ring", 8), "data2_seq4_ring": ("ring", 4), "tensor2_seq4_ring": ("ring", 4)}
 
 
 def test_child_never_imports_torch(results):
@@ -42,7 +45,7 @@ def test_child_never_imports_torch(results):
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.parametrize("mesh", MESHES + tuple(SEQ_MESHES))
 def test_sharded_output_equals_unsharded(results, model, mesh):
     r = results[model]
     assert r["ref_abs_max"] > 0.1  # the comparison is not between near-zero outputs
@@ -97,3 +100,25 @@ def test_fsdp_holds_one_eighth_of_the_parameters_per_device(results, model):
     # and per-device parameter memory shrinks with every model-parallel layout
     for mesh in ("tensor", "fsdp_tensor"):
         assert r["meshes"][mesh]["param_bytes_per_device"] < r["param_bytes"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("mesh", tuple(SEQ_MESHES))
+def test_sequence_parallel_attention_communicates_as_its_mode_says(results, model, mesh):
+    """Ulysses trades sequence for heads with all-to-alls; ring passes K/V blocks with
+    collective-permutes (seq − 1 hops per self-attention). Pure data parallelism has neither."""
+    mode, size = SEQ_MESHES[mesh]
+    m = results[model]["meshes"][mesh]
+    assert m["sequence_parallel"] == mode
+    if mode == "ulysses":
+        assert m["collectives"]["all-to-all"] > 0, m["collectives"]
+    else:
+        assert m["collectives"]["collective-permute"] > 0, m["collectives"]
+    assert results[model]["meshes"]["data"]["collectives"] == {"all-to-all": 0, "collective-permute": 0}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_ulysses_refuses_heads_not_divisible_by_the_seq_axis(results, model):
+    message = results[model]["ulysses_refusal"]
+    assert message is not None and "2 heads" in message and "'seq' mesh axis size 4" in message, message
+    assert "ring" in message  # it names the way out
