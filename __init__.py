@@ -22,4 +22,12 @@ def load_model(path, *, dtype=None, mesh=None, config=None):
     return _load_model(path, dtype=dtype, mesh=mesh, config=config)
 
 
-__all__ = ["load_model", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]
+def enable_compile_cache(path=None):
+    """Persistent XLA compilation cache at `path` (None = `$JAXDIFF_COMPILE_CACHE` or
+    ~/.cache/jaxdiff/xla; "off" disables). The CLI turns it on by itself. See pipelines/compile_cache.py."""
+    from .pipelines.compile_cache import enable_compile_cache as _enable
+
+    return _enable(path)
+
+
+__all__ = ["enable_compile_cache", "load_model", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]

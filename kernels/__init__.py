@@ -1,12 +1,14 @@
 """Attention kernels and their backend dispatch (imports jax only).
 
 `splash_attention` (TPU Pallas kernel, kernels/splash.py) is loaded on first access: importing Pallas
-costs about half a second, which non-TPU users need not pay.
+costs about half a second, which non-TPU users need not pay. `attention_options(...)` chooses the
+kernel and sequence parallelism (Ulysses / ring, kernels/sequence_parallel.py) for code traced inside it.
 """
 
-from .attention import attention, xla_attention
+from .attention import AttentionOptions, attention, attention_options, current_options, xla_attention
 
-__all__ = ["attention", "splash_attention", "xla_attention"]
+__all__ = ["AttentionOptions", "attention", "attention_options", "current_options", "splash_attention",
+           "xla_attention"]
 
 
 def __getattr__(name):
