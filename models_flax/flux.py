@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ..kernels.attention import attention
-from .layers import Linear, RMSNorm, timestep_projection
+from .layers import TOKENS, Linear, RMSNorm, shard_activation, timestep_projection
 
 ROPE_THETA = 10000.0
 TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep/guidance projection (diffusers `time_proj`)
@@ -370,12 +370,14 @@ class FluxTransformer2DModel(nnx.Module):
         rope = rope_tables(jnp.concatenate([txt_ids, img_ids], axis=0),
                            self.config.axes_dims_rope)  # 2 × [St + Si, H]
 
+        img = shard_activation(img, TOKENS)
         for block in self.transformer_blocks:
             img, txt = block(img, txt, temb, rope)
+            img = shard_activation(img, TOKENS)
         n_txt = txt.shape[1]
-        x = jnp.concatenate([txt, img], axis=1)  # [B, St + Si, D]
+        x = shard_activation(jnp.concatenate([txt, img], axis=1), TOKENS)  # [B, St + Si, D]
         for block in self.single_transformer_blocks:
-            x = block(x, temb, rope)
+            x = shard_activation(block(x, temb, rope), TOKENS)
         img = x[:, n_txt:]  # [B, Si, D]
 
         scale, shift = self.norm_out(temb, dtype)

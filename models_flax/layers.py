@@ -7,13 +7,18 @@ Conventions (the converter relies on them):
   `HWIO` / `DHWIO` (torch `OIHW` / `OIDHW` permuted); norm weights are `scale`.
 - Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `conv_in`, `conv_out`, …);
   `sharding/rules.py` maps them to mesh axes. Layers never name mesh axes.
+- Activations are annotated with logical names too (`shard_activation(x, ("batch", "seq", None))`); the
+  annotation does nothing unless a caller installed a constraint with `activation_sharding(...)`
+  (pipelines pass `sharding.activation_constraint(mesh)`), so models never see a mesh.
 This module imports only jax/flax.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +27,29 @@ from flax import nnx
 
 Axes = tuple[str | None, ...]
 INIT_STD = 0.02
+
+
+TOKENS: Axes = ("batch", "seq", None)  # logical names of a `[B, S, D]` token stream
+
+_ACTIVATION_CONSTRAINT: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
+    "jaxdiff_activation_constraint", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(constrain: Callable[[jax.Array, Axes], jax.Array] | None) -> Iterator[None]:
+    """Inside the block (at trace time), `shard_activation(x, axes)` returns `constrain(x, axes)`;
+    None turns annotations off. Scoped, like kernels.attention_options."""
+    token = _ACTIVATION_CONSTRAINT.set(constrain)
+    try:
+        yield
+    finally:
+        _ACTIVATION_CONSTRAINT.reset(token)
+
+
+def shard_activation(x: jax.Array, axes: Axes) -> jax.Array:
+    """Annotate activation `x` with logical axis names (identity without `activation_sharding`)."""
+    constrain = _ACTIVATION_CONSTRAINT.get()
+    return x if constrain is None else constrain(x, axes)
 
 
 def param(value: jax.Array, axes: Axes) -> nnx.Param:

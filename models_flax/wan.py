@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from ..kernels.attention import attention
-from .layers import Conv, LayerNorm, Linear, RMSNorm, param, timestep_projection
+from .layers import TOKENS, Conv, LayerNorm, Linear, RMSNorm, param, shard_activation, timestep_projection
 
 ROPE_THETA = 10000.0
 NUM_MODULATIONS = 6  # shift/scale/gate for self-attention and for the FFN
@@ -410,8 +410,9 @@ class WanTransformer3DModel(nnx.Module):
             image_context = self.condition_embedder.image_embedder(
                 encoder_hidden_states_image.astype(dtype))  # [B, S_img, D]
 
+        x = shard_activation(x, TOKENS)
         for block in self.blocks:
-            x = block(x, context, image_context, modulation, rope)
+            x = shard_activation(block(x, context, image_context, modulation, rope), TOKENS)
 
         table = self.scale_shift_table[...].astype(jnp.float32)[None]  # [1, 1, 2, D]
         mod = table + temb.astype(jnp.float32)[:, :, None]  # [B, T, 2, D]

@@ -215,6 +215,14 @@ def named_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES, 
             for p, s in partition_specs(state, mesh, rules, fallback_axis=fallback_axis).items()}
 
 
+def activation_constraint(mesh: Mesh, rules: Rules = DEFAULT_RULES):
+    """`constrain(x, logical_axes)` for `models_flax.layers.activation_sharding`: a sharding constraint
+    by the rules, fitted to `x`'s shape (axes that do not divide a dimension are dropped)."""
+    def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, logical_sharding(axes, mesh, rules, shape=x.shape))
+    return constrain
+
+
 def shard_module(module: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES, *,
                  fallback_axis: str | None = FSDP_FALLBACK_AXIS) -> nnx.Module:
     """Place every variable of `module` on `mesh` by its logical axis names (in place; returns it).

@@ -26,9 +26,10 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jaxdiff.kernels.attention import attention_options  # noqa: E402
+from jaxdiff.models_flax.layers import activation_sharding  # noqa: E402
 from jaxdiff.models_flax.flux import FluxConfig, FluxTransformer2DModel  # noqa: E402
 from jaxdiff.models_flax.wan import WanConfig, WanTransformer3DModel  # noqa: E402
-from jaxdiff.sharding import (logical_sharding, make_mesh, named_shardings, param_bytes,  # noqa: E402
+from jaxdiff.sharding import (activation_constraint, logical_sharding, make_mesh, named_shardings, param_bytes,  # noqa: E402
                               per_device_bytes, shard_module)
 
 BATCH = 8  # divisible by every batch-sharding mesh axis below
@@ -135,7 +136,8 @@ def run_model(name: str, build) -> dict:
         sharded = shard_module(nnx.merge(graphdef, copy), mesh)
         _, s_state = nnx.split(sharded)
         s_inputs = place_inputs(inputs, mesh, unbatched, {"hidden_states"} if name == "flux" else set())
-        with attention_options(sequence_parallel=seq_mode, mesh=mesh):  # traced in here
+        with attention_options(sequence_parallel=seq_mode, mesh=mesh), \
+                activation_sharding(activation_constraint(mesh)):  # traced in here
             compiled = forward_fn(graphdef).lower(s_state, s_inputs).compile()
         out = compiled(s_state, s_inputs)
         hlo = compiled.as_text()
@@ -155,6 +157,7 @@ def run_model(name: str, build) -> dict:
             "spec": spec, "devices": n, "seconds": time.perf_counter() - t0, "max_abs_diff": float(np.abs(np.asarray(out) - ref).max()),
             "out_spec": str(out.sharding.spec), "probes": probes, "sequence_parallel": seq_mode,
             "collectives": {c: hlo.count(c) for c in COLLECTIVES},
+            "temp_bytes_per_device": int(mem.temp_size_in_bytes),
             "arg_bytes_per_device": int(mem.argument_size_in_bytes),
             "param_bytes_per_device": per_device_bytes(s_state),
             "param_bytes_per_device_without_fallback": int(without_fallback),

@@ -117,6 +117,14 @@ def test_sequence_parallel_attention_communicates_as_its_mode_says(results, mode
     assert results[model]["meshes"]["data"]["collectives"] == {"all-to-all": 0, "collective-permute": 0}
 
 
+@pytest.mark.parametrize("mesh", tuple(SEQ_MESHES))
+def test_flux_tokens_stay_split_over_seq_to_the_output(results, mesh):
+    """Flux's output is the token stream `[B, S, C]`: it leaves the program still split over `seq`
+    (activations annotated ("batch", "seq", None) in the model), not gathered onto every device."""
+    out_spec = results["flux"]["meshes"][mesh]["out_spec"]
+    assert "'seq'" in out_spec, out_spec
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_ulysses_refuses_heads_not_divisible_by_the_seq_axis(results, model):
     message = results[model]["ulysses_refusal"]
