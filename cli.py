@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": (".pipelines.cli", "generate an image (embedded tiny default when no --model)"),
     "convert": (".convert.cli", "convert a torch checkpoint (diffusers dir / single file) to jaxdiff"),
     "verify": (".convert.verify", "compare our Flax module with the diffusers torch module (needs [verify])"),
+    "bench": (".benchmarks.run", "time one denoising step of a released model shape (random weights): MFU, compile"),
+    "plan": (".pipelines.plan", "per-device memory plan (parameters, activations, KV, VAE decode) vs HBM"),
 }
 
 

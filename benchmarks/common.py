@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import os
 import platform
 import re
@@ -15,6 +16,7 @@ import resource
 import statistics
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -55,6 +57,31 @@ def jax_device_info() -> dict[str, Any]:
     device = jax.devices()[0]
     return {"backend": jax.default_backend(), "device_kind": device.device_kind,
             "device_count": jax.device_count(), "jax": jax.__version__}
+
+
+def cpu_model() -> str:
+    """The host CPU's model name (Linux /proc/cpuinfo; `platform.processor()` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(**extra: Any) -> dict[str, Any]:
+    """What every benchmark records about where it ran: JAX backend, device kind and count, jax
+    version, host CPU and the cores this process may use, plus `extra` (e.g. torch's version)."""
+    return dict(jax_device_info(), cpu_model=cpu_model(), cpu_cores=cpu_count(), **extra)
+
+
+def write_json(path: str | os.PathLike, result: Any) -> None:
+    """`result` as indented JSON at `path` (parents created; non-JSON values as strings)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
 
 
 def jax_peak_bytes() -> int | None:

@@ -10,12 +10,13 @@ compared, so a fast wrong model cannot pass unnoticed (exit status 1 on a mismat
 
 Contenders: (a) ours, `jax.jit` of the nnx module (compile timed apart); (b) diffusers torch eager
 under `torch.inference_mode`; (c) the diffusers module traced by torchax, under `jax.jit`.
+Device info, JSON, TFLOP/s and MFU come from the `jaxdiff bench` harness (`benchmarks/run.py`,
+`benchmarks/flops.py`); this script adds the same-weights comparison that one does not make.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -24,10 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from jaxdiff.benchmarks import flops
 from jaxdiff.benchmarks.common import (EAGER, OURS, TORCHAX, Contender, agreement, cpu_count,
-                                       current_rss_mib, eager_contender, interleaved_rounds,
-                                       jax_device_info, jax_peak_bytes, jitted_flax_contender,
-                                       markdown_table, mib, ms, peak_rss_mib, torchax_contender)
+                                       current_rss_mib, device_info, eager_contender, interleaved_rounds,
+                                       jax_peak_bytes, jitted_flax_contender, markdown_table, mib, ms,
+                                       peak_rss_mib, torchax_contender, write_json)
+from jaxdiff.benchmarks.run import throughput
 
 GUIDANCE = 3.5
 SIGMA = 0.5
@@ -120,17 +123,28 @@ def ours_contender(torch_model, inputs, jax_dtype) -> tuple[Contender, Any]:
                                  torch_model, inputs, jax_dtype)
 
 
+def forward_flops(args, config) -> int:
+    """Analytical FLOPs of one forward (benchmarks/flops.py, as `jaxdiff bench` counts them)."""
+    from jaxdiff.models_flax.flux import FluxConfig
+
+    return flops.total(flops.flux_forward(FluxConfig.from_dict(config), batch=args.batch,
+                                          image_tokens=args.img_tokens, text_tokens=args.txt_tokens))
+
+
 def report(args, config, device: dict, contenders: list[Contender], diffs, rss: dict) -> dict[str, Any]:
     by_name = {c.name: c for c in contenders}
     ours = by_name.get(OURS)
-    rows = []
+    forward = forward_flops(args, config)
+    rows, rates = [], {}
     for c in contenders:
         ratio = f"{c.min_s / ours.min_s:.2f}×" if ours else "–"
         xla, hlo = c.memory.get("xla") or {}, c.hlo or {}
         moves = (f"{hlo['transpose']}/{hlo['copy']}/{hlo['reverse']}" if hlo else "–")
         gb = f"{hlo['bytes_accessed'] / 1e9:.2f}" if hlo else "–"
+        rates[c.name] = rate = throughput(forward, c.median_s, device, args.dtype)
         rows.append((c.name, ms(c.compile_s), ms(c.min_s), ms(c.median_s), ratio,
-                     mib(xla.get("temp_bytes")), gb, moves, len(c.times)))
+                     mib(xla.get("temp_bytes")), gb, moves, f"{rate['achieved_tflops']:.3g}",
+                     rate["mfu_text"], len(c.times)))
     tokens = f"{args.img_tokens}+{args.txt_tokens}"
     print()
     print(f"Flux {args.depth_double}+{args.depth_single} blocks, D={args.dim} ({args.heads} heads × "
@@ -141,7 +155,10 @@ def report(args, config, device: dict, contenders: list[Contender], diffs, rss: 
           f"jax {device['jax']}, torch {device['torch']}")
     print()
     print(markdown_table(("contender", "compile ms", "step min ms", "step median ms", "min / ours",
-                          "XLA temp MiB", "XLA GB accessed", "transpose/copy/reverse", "rounds"), rows))
+                          "XLA temp MiB", "XLA GB accessed", "transpose/copy/reverse", "TFLOP/s",
+                          "MFU", "rounds"), rows))
+    print(f"\n{forward / 1e9:.2f} GFLOP per forward (benchmarks/flops.py); TFLOP/s and MFU from the "
+          f"median step; MFU {next(iter(rates.values()))['peak_source']}")
     print()
     if ours:
         for name in (TORCHAX, EAGER):
@@ -163,6 +180,7 @@ def report(args, config, device: dict, contenders: list[Contender], diffs, rss: 
         "contenders": {c.name: {"compile_s": c.compile_s, "min_s": c.min_s, "median_s": c.median_s,
                                 "times_s": c.times, "memory": c.memory, "hlo": c.hlo} for c in contenders},
         "ratios_min": ({c.name: c.min_s / ours.min_s for c in contenders} if ours else {}),
+        "forward_flops": forward, "throughput": rates,
         "agreement": diffs, "memory_mib": rss,
     }
 
@@ -180,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     jax_dtype = getattr(jax.numpy, args.dtype)
     on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
     device_t = torch.device("cuda" if on_gpu else "cpu")  # on TPU torch stays on the host
-    device = dict(jax_device_info(), cpu_cores=cpu_count(), torch_threads=torch.get_num_threads(),
-                  torch=torch.__version__, torch_device=str(device_t))
+    device = device_info(torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                         torch_device=str(device_t))
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
 
     torch.manual_seed(args.seed)  # torch's own init: every weight non-zero, activations well scaled
@@ -224,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     diffs = agreement(outputs, args.dtype)
     result = report(args, config, device, contenders, diffs, rss)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0 if all(d["ok"] for d in diffs) else 1
 

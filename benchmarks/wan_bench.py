@@ -6,22 +6,25 @@ rounds, outputs cross-checked (exit 1 on a mismatch: a fast wrong model must not
 
     python benchmarks/wan_bench.py                 # DESIGN's CPU baseline: 4 layers, D=512, 1280 video + 512 text tokens
     python benchmarks/wan_bench.py --layers 30 --heads 12 --ffn 8960 --dtype bfloat16 --frames 21 --size 60x104
+
+Device info, JSON, TFLOP/s and MFU come from the `jaxdiff bench` harness (`benchmarks/run.py`,
+`benchmarks/flops.py`); this script adds the same-weights comparison that one does not make.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from jaxdiff.benchmarks.common import (EAGER, OURS, TORCHAX, Contender, agreement, cpu_count,
-                                       eager_contender, interleaved_rounds, jax_device_info,
-                                       jitted_flax_contender, markdown_table, mib, ms, peak_rss_mib,
-                                       timed, torchax_contender)
+from jaxdiff.benchmarks import flops
+from jaxdiff.benchmarks.common import (EAGER, OURS, TORCHAX, Contender, agreement, cpu_count, device_info,
+                                       eager_contender, interleaved_rounds, jitted_flax_contender,
+                                       markdown_table, mib, ms, peak_rss_mib, timed, torchax_contender,
+                                       write_json)
+from jaxdiff.benchmarks.run import throughput
 
 SIGMA_T = 500.0  # Wan's transformer takes timesteps in [0, 1000]
 VAE_OURS, VAE_EAGER = "VAE decode, ours (chunked, jit)", "VAE decode, diffusers eager"
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch_dtype, jax_dtype = getattr(torch, args.dtype), getattr(jax.numpy, args.dtype)
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    device = dict(jax_device_info(), cpu_cores=cpu_count(), torch=torch.__version__)
+    device = device_info(torch=torch.__version__)
     as_np = lambda out: (out.float().numpy() if hasattr(out, "numpy") else
                          np.asarray(out.astype(jax.numpy.float32)))
 
@@ -156,16 +159,25 @@ def main(argv: list[str] | None = None) -> int:
 
     ours = contenders[0]
     h, w = _hw(args.size)
+    from jaxdiff.models_flax.wan import WanConfig
+
+    forward = flops.total(flops.wan_forward(WanConfig.from_dict(config), batch=args.batch,
+                                            video_tokens=args.frames * h * w // 4,
+                                            text_tokens=args.text_tokens))
+    rates = {c.name: throughput(forward, c.median_s, device, args.dtype) for c in contenders}
     print(f"\nWan transformer {args.layers} layers, D={args.heads * args.head_dim} ({args.heads} heads × "
           f"{args.head_dim}), ffn {args.ffn}, {args.frames * h * w // 4} video + {args.text_tokens} text "
           f"tokens, batch {args.batch}, {args.dtype}")
     print(f"device: {device['backend']} {device['device_kind']}, {device['cpu_cores']} CPU cores, "
           f"jax {device['jax']}, torch {device['torch']}\n")
     print(markdown_table(("contender", "compile ms", "step min ms", "step median ms", "min / ours",
-                          "XLA temp MiB"),
+                          "XLA temp MiB", "TFLOP/s", "MFU"),
                          [(c.name, ms(c.compile_s), ms(c.min_s), ms(c.median_s),
-                           f"{c.min_s / ours.min_s:.2f}×", mib((c.memory.get("xla") or {}).get("temp_bytes")))
+                           f"{c.min_s / ours.min_s:.2f}×", mib((c.memory.get("xla") or {}).get("temp_bytes")),
+                           f"{rates[c.name]['achieved_tflops']:.3g}", rates[c.name]["mfu_text"])
                           for c in contenders]))
+    print(f"\n{forward / 1e9:.2f} GFLOP per forward (benchmarks/flops.py); TFLOP/s and MFU from the "
+          f"median step; MFU {rates[OURS]['peak_source']}")
     if vae_rows:
         hv, wv = _hw(args.vae_size)
         print(f"\nWan 2.1-style VAE (base_dim {args.vae_base_dim}) decode: {args.vae_frames} latent frames "
@@ -180,11 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agreement VAE decode ours vs diffusers eager: max abs {d['max_abs']:.3e} "
               f"{'OK' if d['ok'] else '*** MISMATCH ***'}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "config": config, "device": device, "agreement": diffs + vae_diffs,
-            "transformer": {c.name: {"compile_s": c.compile_s, "times_s": c.times} for c in contenders},
-            "vae": {r[0]: r[1:] for r in vae_rows}}, indent=2, default=str))
+        write_json(args.json, {
+            "config": config, "device": device, "agreement": diffs + vae_diffs, "forward_flops": forward,
+            "transformer": {c.name: {"compile_s": c.compile_s, "times_s": c.times, **rates[c.name]}
+                            for c in contenders},
+            "vae": {r[0]: r[1:] for r in vae_rows}})
     return 0 if all(d["ok"] for d in diffs + vae_diffs) else 1
 
 

@@ -518,8 +518,10 @@ def _decode_step(graphdef: nnx.GraphDef, state: nnx.State, z: jax.Array,
 
 
 # One compiled program per (model structure, chunk shape, first/later chunk); reused for every chunk.
-encode_step = jax.jit(_encode_step, static_argnums=0)
-decode_step = jax.jit(_decode_step, static_argnums=0)
+# The incoming feature cache is donated: the new cache takes its buffers, so a chunk holds one cache,
+# not two (4 GiB less at 720p for the 2.1 VAE in bf16).
+encode_step = jax.jit(_encode_step, static_argnums=0, donate_argnums=3)
+decode_step = jax.jit(_decode_step, static_argnums=0, donate_argnums=3)
 
 
 class AutoencoderKLWan(GaussianPosterior, nnx.Module):

@@ -3,6 +3,8 @@
 - `flux`: Flux text-to-image from precomputed prompt embeddings (`FluxPipeline`).
 - `wan`: Wan 2.1 / 2.2 video (T2V, I2V, two-expert A14B, TI2V-5B) from precomputed embeddings.
 - `cli`: the `jaxdiff generate` subcommand (kept import-light).
+- `compile_cache`: the persistent XLA compile cache (`enable_compile_cache`) and `track_compiles`.
+- `export`: `jax.export` of a fixed-shape Flux denoise step (`export_denoise_step`, `load_exported_step`).
 - `image_io` / `video_io`: writing 0..1 float images as PNG, frames as MP4 / animated WebP.
 
 Names are imported lazily so that `jaxdiff --help` does not import jax.
@@ -23,6 +25,12 @@ _LAZY = {
     "save_video": ".video_io",
     "save_videos": ".video_io",
     "read_video": ".video_io",
+    "enable_compile_cache": ".compile_cache",
+    "track_compiles": ".compile_cache",
+    "CompileStats": ".compile_cache",
+    "export_denoise_step": ".export",
+    "load_exported_step": ".export",
+    "step_weights": ".export",
 }
 
 __all__ = sorted(_LAZY)

@@ -6,6 +6,13 @@ decode, file) runs in seconds — Flux by default, Wan with `--family wan` (text
 image-to-video with `--image`). With `--model PATH` the real model is loaded by
 `jaxdiff.load_model` and the prompt comes as precomputed embeddings (`--prompt-embeds`).
 
+Scale: `--mesh data=2,fsdp=2,tensor=2` places the model (loaded straight onto the mesh, or the
+embedded one by `sharding.shard_module`) and the inputs over a device mesh; `--attention` picks the
+attention kernel; `--sequence-parallel ulysses|ring` splits attention over the mesh's `seq` axis;
+`--distributed` initialises multi-host jax (one process per host, same command on every host). The
+persistent XLA compile cache is on by default (`--compile-cache DIR|off`, `$JAXDIFF_COMPILE_CACHE`);
+the compile time of the denoise step is printed with cold / warm.
+
 Top-level imports stay light (no jax) so `jaxdiff --help` is fast.
 """
 
@@ -56,6 +63,9 @@ EMBEDDED_WAN_VAE = dict(base_dim=3, z_dim=16, dim_mult=(1, 1, 1, 1), num_res_blo
 WAN_SIZE = (480, 832)  # height, width with --model (diffusers' WanPipeline defaults)
 WAN_FRAMES, WAN_STEPS = 81, 50
 WAN_FPS, WAN_TI2V_FPS = 16, 24
+# kernels/attention.py IMPLEMENTATIONS / SEQUENCE_PARALLEL (not imported here: it imports jax)
+ATTENTION_CHOICES = ("auto", "xla", "cudnn", "splash")
+SEQUENCE_PARALLEL_CHOICES = ("ulysses", "ring")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +122,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                         help="parameter/compute dtype (default float32 embedded, the checkpoint's "
                              "with --model)")
+    scale = parser.add_argument_group("scale")
+    scale.add_argument("--mesh", metavar="SPEC",
+                       help="device mesh, e.g. 'data=8', 'fsdp=4,tensor=2', 'data=2,seq=4' (axes "
+                            "data, fsdp, tensor, seq; sizes multiply to the device count, one may be "
+                            "-1 for the rest); default: one device")
+    scale.add_argument("--attention", choices=ATTENTION_CHOICES,
+                       help="attention kernel: auto (default: splash on TPU, cuDNN on GPU where "
+                            "shapes allow, else XLA), xla, cudnn, splash")
+    scale.add_argument("--sequence-parallel", choices=SEQUENCE_PARALLEL_CHOICES,
+                       help="split attention over the --mesh 'seq' axis: ulysses (all-to-all; heads "
+                            "must divide by the seq size) or ring (any head count)")
+    scale.add_argument("--distributed", action="store_true",
+                       help="multi-host: call jax.distributed.initialize() first; run the same "
+                            "command once per host (coordinator detected on Cloud TPU / SLURM / "
+                            "Open MPI; --mesh then spans all hosts' devices); process 0 writes "
+                            "the file")
+    scale.add_argument("--compile-cache", metavar="DIR|off",
+                       help="persistent XLA compile cache (default: $JAXDIFF_COMPILE_CACHE, else "
+                            "~/.cache/jaxdiff/xla); 'off' disables it")
+    scale.add_argument("--export-step", metavar="PATH",
+                       help="Flux, one device: also write the denoise step at this run's shapes as "
+                            "a jax.export file (weights as arguments; pipelines/export.py "
+                            "load_exported_step reads it)")
 
 
 class GenerationError(RuntimeError):
@@ -273,18 +306,19 @@ def _model_paths(args) -> tuple[Path, Path, Path | None]:
     return model, vae, scheduler
 
 
-def load_models(args):
-    """(transformer, vae, scheduler config) for --model, loaded with `jaxdiff.load_model`."""
+def load_models(args, mesh=None):
+    """(transformer, vae, scheduler config) for --model, loaded with `jaxdiff.load_model` (straight
+    onto `mesh` when given)."""
     from .. import load_model
     from ..schedulers.flow_match import (FLUX_DEV_SCHEDULER_CONFIG, FLUX_SCHNELL_SCHEDULER_CONFIG,
                                          FlowMatchEulerConfig)
 
     model_path, vae_path, scheduler_path = _model_paths(args)
-    transformer = load_model(model_path, dtype=args.dtype)
+    transformer = load_model(model_path, dtype=args.dtype, mesh=mesh)
     if not hasattr(getattr(transformer, "config", None), "guidance_embeds"):
         raise ValueError(f"--model {model_path} loaded as {type(transformer).__name__}, "
                          "not a Flux transformer")
-    vae = load_model(vae_path, dtype=args.dtype)
+    vae = load_model(vae_path, dtype=args.dtype, mesh=mesh)
     if not hasattr(vae, "unscale_latents"):
         raise ValueError(f"--vae {vae_path} loaded as {type(vae).__name__}, not a Flux VAE")
     if scheduler_path is not None:
@@ -416,9 +450,9 @@ def wan_scheduler(path, sampler: str | None):
     return config
 
 
-def load_wan_models(args):
+def load_wan_models(args, mesh=None):
     """(transformer, transformer_2 or None, vae, scheduler config, boundary_ratio, expand_timesteps)
-    for --model, loaded with `jaxdiff.load_model`."""
+    for --model, loaded with `jaxdiff.load_model` (straight onto `mesh` when given)."""
     from .. import load_model
     from ..models_flax.vae_wan import AutoencoderKLWan
     from ..models_flax.wan import WanConfig
@@ -428,12 +462,12 @@ def load_wan_models(args):
     for path in (model_path, model_2_path):
         if path is None:
             continue
-        model = load_model(path, dtype=args.dtype)
+        model = load_model(path, dtype=args.dtype, mesh=mesh)
         if not isinstance(getattr(model, "config", None), WanConfig):
             raise ValueError(f"--model {path} loaded as {type(model).__name__}, not a Wan "
                              "transformer")
         experts.append(model)
-    vae = load_model(vae_path, dtype=args.dtype)
+    vae = load_model(vae_path, dtype=args.dtype, mesh=mesh)
     if not isinstance(vae, AutoencoderKLWan):
         raise ValueError(f"--vae {vae_path} loaded as {type(vae).__name__}, not a Wan VAE")
     scheduler = wan_scheduler(scheduler_path, args.sampler)
@@ -450,17 +484,81 @@ def load_wan_models(args):
 WAN_ONLY_OPTIONS = ("frames", "image", "guidance_2", "sampler", "fps")
 
 
+def setup_runtime(args):
+    """Distributed init (before anything touches devices), compile cache, mesh: the mesh or None.
+
+    Raises ValueError (exit code 2) for a bad --mesh or a --sequence-parallel without a seq axis.
+    """
+    from ..sharding.mesh import make_mesh, maybe_initialize_distributed
+    from .compile_cache import enable_compile_cache
+
+    if getattr(args, "distributed", False):
+        maybe_initialize_distributed(True)
+    mesh = make_mesh(args.mesh) if getattr(args, "mesh", None) else None
+    sequence_parallel = getattr(args, "sequence_parallel", None)
+    if sequence_parallel and (mesh is None or mesh.shape.get("seq", 1) == 1):
+        raise ValueError(f"--sequence-parallel {sequence_parallel} needs a --mesh with a 'seq' axis "
+                         "larger than 1, e.g. --mesh seq=2")
+    enable_compile_cache(getattr(args, "compile_cache", None))
+    return mesh
+
+
+def _place_embedded(mesh, *modules):
+    """The embedded modules on `mesh` by their logical axis names (no-op without a mesh)."""
+    if mesh is not None:
+        from ..sharding.mesh import shard_module
+
+        for module in modules:
+            shard_module(module, mesh)
+
+
+def _is_primary() -> bool:
+    """Whether this process writes files: always on one host; process 0 of a --distributed run."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _export_step(pipe, path, prompt_shape, height: int, width: int) -> None:
+    from .export import export_denoise_step
+    from .placement import attention_context
+
+    batch, text_len = prompt_shape[0], prompt_shape[1]
+    try:
+        with attention_context(pipe.attention, None, None):
+            export_denoise_step(pipe, path, batch=batch, height=height, width=width,
+                                text_len=text_len)
+    except ImportError as e:
+        raise ValueError(f"--export-step: {e}") from None
+    print(f"exported denoise step (batch {batch}, {height}x{width}, {text_len} text tokens) to {path}",
+          file=sys.stderr)
+
+
+def _report_compile(pipe, mesh) -> None:
+    stats = pipe.compile_stats
+    if stats is not None:
+        where = "" if mesh is None else f" on mesh {dict(mesh.shape)}"
+        print(f"compiled denoise step{where} in {stats.describe()}", file=sys.stderr)
+
+
 def _generate(args) -> list[Path]:
+    if args.family != "wan":
+        given = [f"--{name.replace('_', '-')}" for name in WAN_ONLY_OPTIONS
+                 if getattr(args, name, None) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --family wan")
+    if getattr(args, "export_step", None):
+        if args.family == "wan":
+            raise ValueError("--export-step supports --family flux only")
+        if args.mesh:
+            raise ValueError("--export-step exports a one-device step; drop --mesh")
+    mesh = setup_runtime(args)
     if args.family == "wan":
-        return _generate_wan(args)
-    given = [f"--{name.replace('_', '-')}" for name in WAN_ONLY_OPTIONS
-             if getattr(args, name, None) is not None]
-    if given:
-        raise ValueError(f"{', '.join(given)} only apply to --family wan")
-    return _generate_flux(args)
+        return _generate_wan(args, mesh)
+    return _generate_flux(args, mesh)
 
 
-def _generate_flux(args) -> list[Path]:
+def _generate_flux(args, mesh=None) -> list[Path]:
     import numpy as np
     from tqdm import tqdm
 
@@ -473,6 +571,7 @@ def _generate_flux(args) -> list[Path]:
         if args.vae:
             raise ValueError("--vae needs --model (the embedded default has its own tiny VAE)")
         transformer, vae = build_embedded(args.dtype or "float32")
+        _place_embedded(mesh, transformer, vae)
         scheduler = FLUX_DEV_SCHEDULER_CONFIG
         size, steps = EMBEDDED_SIZE, EMBEDDED_STEPS
         print(f"no --model: embedded tiny random-weight Flux (seed {EMBEDDED_WEIGHT_SEED})",
@@ -481,7 +580,7 @@ def _generate_flux(args) -> list[Path]:
         if not args.prompt_embeds:
             raise ValueError("--prompt-embeds FILE is required with --model (text encoders are "
                              "not part of generate yet)")
-        transformer, vae, scheduler = load_models(args)
+        transformer, vae, scheduler = load_models(args, mesh)
         size = MODEL_SIZE
         steps = DEV_STEPS if transformer.config.guidance_embeds else SCHNELL_STEPS
     if args.prompt_embeds:
@@ -491,7 +590,10 @@ def _generate_flux(args) -> list[Path]:
     height, width = args.height or size, args.width or size
     steps = args.steps or steps
 
-    pipe = FluxPipeline(transformer, vae, scheduler)
+    pipe = FluxPipeline(transformer, vae, scheduler, mesh=mesh, attention=args.attention,
+                        sequence_parallel=args.sequence_parallel)
+    if getattr(args, "export_step", None):
+        _export_step(pipe, args.export_step, prompt.shape, height, width)
     start = time.perf_counter()
     with tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr) as bar:
         result = pipe(prompt, pooled, height=height, width=width, num_inference_steps=steps,
@@ -504,12 +606,13 @@ def _generate_flux(args) -> list[Path]:
                            "nothing written")
     if float(images.max() - images.min()) == 0.0:
         print(f"warning: the image is constant ({float(images.min()):.3f})", file=sys.stderr)
-    paths = save_images(images, args.out or DEFAULT_OUT)
+    paths = save_images(images, args.out or DEFAULT_OUT) if _is_primary() else []
+    _report_compile(pipe, mesh)
     print(f"{height}x{width}, {steps} steps, {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return paths
 
 
-def _generate_wan(args) -> list[Path]:
+def _generate_wan(args, mesh=None) -> list[Path]:
     import numpy as np
     from tqdm import tqdm
 
@@ -526,6 +629,7 @@ def _generate_wan(args) -> list[Path]:
             if value:
                 raise ValueError(f"{flag} needs --model (the embedded default has its own)")
         transformer, vae = build_embedded_wan(args.dtype or "float32", image_to_video=i2v)
+        _place_embedded(mesh, transformer, vae)
         scheduler = wan_scheduler(None, args.sampler)
         size, frames, steps = (EMBEDDED_SIZE, EMBEDDED_SIZE), EMBEDDED_WAN_FRAMES, EMBEDDED_WAN_STEPS
         kind = "image-to-video" if i2v else "text-to-video"
@@ -535,13 +639,15 @@ def _generate_wan(args) -> list[Path]:
         if not args.prompt_embeds:
             raise ValueError("--prompt-embeds FILE is required with --model (text encoders are "
                              "not part of generate yet)")
-        transformer, transformer_2, vae, scheduler, boundary_ratio, expand = load_wan_models(args)
+        transformer, transformer_2, vae, scheduler, boundary_ratio, expand = load_wan_models(args,
+                                                                                             mesh)
         size, frames, steps = WAN_SIZE, WAN_FRAMES, WAN_STEPS
     embeds = (load_wan_embeds(args.prompt_embeds) if args.prompt_embeds
               else random_wan_embeds(args.seed, transformer.config))
 
     pipe = WanPipeline(transformer, vae, scheduler, transformer_2=transformer_2,
-                       boundary_ratio=boundary_ratio, expand_timesteps=expand)
+                       boundary_ratio=boundary_ratio, expand_timesteps=expand, mesh=mesh,
+                       attention=args.attention, sequence_parallel=args.sequence_parallel)
     if i2v and not embedded and not (args.height or args.width):
         size = _image_size(args.image, pipe.size_multiple)
     height, width = args.height or size[0], args.width or size[1]
@@ -564,7 +670,8 @@ def _generate_wan(args) -> list[Path]:
                               "nothing written")
     if float(videos.max() - videos.min()) == 0.0:
         print(f"warning: the video is constant ({float(videos.min()):.3f})", file=sys.stderr)
-    paths = save_videos(videos, out, fps=fps)
+    paths = save_videos(videos, out, fps=fps) if _is_primary() else []
+    _report_compile(pipe, mesh)
     print(f"{frames} frames {height}x{width}, {steps} steps, "
           f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     return paths

@@ -54,6 +54,7 @@ def enable_compile_cache(path: str | os.PathLike | None = None, *,
 
     if directory is None:
         jax.config.update("jax_enable_compilation_cache", False)
+        compilation_cache.reset_cache()  # forget an earlier directory
         return None
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,14 @@ on the packed grid, text ids are zeros, the transformer takes sigma (timestep / 
 guidance scale. One jitted function does one denoising step (transformer + Euler update) and is
 reused every step; a second jitted function unpacks, unscales and decodes.
 
-Imports models_flax (for types only at run time) and schedulers; never torch.
+Scale (both pipelines): `mesh=` places the inputs by logical axis names (`batch` over data/fsdp,
+the latent token axis over `seq`; the modules must already be on the mesh, e.g. `load_model(path,
+mesh=mesh)` or `sharding.shard_module`), and the denoise step is traced inside
+`kernels.attention.attention_options(implementation=attention, sequence_parallel=..., mesh=mesh)`.
+Outputs come back as host numpy. `compile_stats` holds what the last run's first denoise step
+compiled (`compile_cache.CompileStats`: seconds, cold / warm / cached).
+
+Imports models_flax (for types only at run time), schedulers, sharding, kernels; never torch.
 """
 
 from __future__ import annotations
@@ -21,11 +28,15 @@ from flax import nnx
 
 from ..schedulers import flow_match
 from ..schedulers.flow_match import FLUX_DEV_SCHEDULER_CONFIG, FlowMatchEulerConfig
+from .compile_cache import CompileStats, track_compiles
+from .placement import Placement, attention_context, check_attention_args, to_host, vae_attention_context
 
 PATCH = 2  # Flux packs 2×2 latent patches into one token
 ID_AXES = 3  # position ids are (index, row, col)
 
 ProgressCallback = Callable[[int, int], None]
+# Logical axes of the packed latents `[B, S_img, 4C]`: batch over data/fsdp, tokens over seq.
+LATENT_AXES = ("batch", "seq", None)
 
 
 # ----------------------------------------------------------------------------- packing and ids
@@ -65,6 +76,9 @@ def text_ids(seq_len: int) -> np.ndarray:
     return np.zeros((seq_len, ID_AXES), np.float32)
 
 
+# ----------------------------------------------------------------------------- placement
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -92,11 +106,20 @@ class FluxPipeline:
         transformer: a `FluxTransformer2DModel` (anything with `.config` and the same `__call__`).
         vae: an `AutoencoderKL` (`.config.block_out_channels`, `.decode`, `.unscale_latents`).
         scheduler_config: FlowMatch Euler config; dev's (dynamic shift) by default.
+        mesh: a `jax.sharding.Mesh` the modules are already placed on (None: one device).
+        attention: attention implementation for the transformer ("auto", "xla", "cudnn",
+            "splash"; None = the surrounding `attention_options`, else auto).
+        sequence_parallel: None, "ulysses" or "ring": split attention over the mesh's `seq` axis.
     """
 
     def __init__(self, transformer: nnx.Module, vae: nnx.Module,
-                 scheduler_config: FlowMatchEulerConfig = FLUX_DEV_SCHEDULER_CONFIG):
+                 scheduler_config: FlowMatchEulerConfig = FLUX_DEV_SCHEDULER_CONFIG, *,
+                 mesh=None, attention: str | None = None, sequence_parallel: str | None = None):
+        check_attention_args(attention, sequence_parallel)
         self.transformer, self.vae, self.scheduler_config = transformer, vae, scheduler_config
+        self.mesh, self.attention, self.sequence_parallel = mesh, attention, sequence_parallel
+        self.placement = Placement(mesh)
+        self.compile_stats: CompileStats | None = None
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.num_channels_latents = transformer.config.in_channels // (PATCH * PATCH)
         if self.num_channels_latents != vae.config.latent_channels:
@@ -126,7 +149,8 @@ class FluxPipeline:
             txt_ids=txt_ids,
             guidance=guidance,
         )  # [B, S_img, 4C]
-        return flow_match.step(velocity, sigma, sigma_next, latents)
+        return self.placement.constrain(flow_match.step(velocity, sigma, sigma_next, latents),
+                                        LATENT_AXES)
 
     def _decode_latents(self, state, latents, height, width):
         """Packed model-space latents → `[B, H, W, C]` float32 in 0..1 (`height`, `width` latent)."""
@@ -190,6 +214,7 @@ class FluxPipeline:
                              f"{config.pooled_projection_dim}], got {pooled_prompt_embeds.shape}")
 
         h, w = height // self.vae_scale_factor, width // self.vae_scale_factor  # latent grid
+        put = self.placement.put
         packed_shape = (batch, (h // PATCH) * (w // PATCH), self.num_channels_latents * 4)
         if latents is None:
             latents = self.prepare_latents(batch, height, width, seed)
@@ -205,23 +230,34 @@ class FluxPipeline:
                                              packed_shape[1], sigmas=sigmas)
         # the model sees timestep / 1000 in float32, exactly as FluxPipeline computes it
         model_timesteps = schedule.timesteps / np.float32(1000)
-        img_ids = jnp.asarray(latent_image_ids(h // PATCH, w // PATCH))
-        txt_ids = jnp.asarray(text_ids(prompt_embeds.shape[1]))
-        guidance = (jnp.full((batch,), guidance_scale, jnp.float32)
+        img_ids = put(latent_image_ids(h // PATCH, w // PATCH))
+        txt_ids = put(text_ids(prompt_embeds.shape[1]))
+        guidance = (put(np.full((batch,), guidance_scale, np.float32), ("batch",))
                     if config.guidance_embeds else None)
+        latents = put(latents, LATENT_AXES)
+        # text is short and joins the image tokens inside the model: batch-split only
+        prompt_embeds = put(prompt_embeds, ("batch", None, None))
+        pooled_prompt_embeds = put(pooled_prompt_embeds, ("batch", None))
 
         state = nnx.state(self.transformer)
         total = len(schedule.timesteps)
-        for i in range(total):
-            latents = self.denoise_step(
-                state, latents, jnp.asarray(model_timesteps[i]), jnp.asarray(schedule.sigmas[i]),
-                jnp.asarray(schedule.sigmas[i + 1]), prompt_embeds, pooled_prompt_embeds,
-                img_ids, txt_ids, guidance)
-            if callback is not None:
-                latents.block_until_ready()  # so progress reflects finished work
-                callback(i + 1, total)
+        self.compile_stats = None
+        with attention_context(self.attention, self.sequence_parallel, self.mesh):
+            for i in range(total):
+                args = (state, latents, put(model_timesteps[i]), put(schedule.sigmas[i]),
+                        put(schedule.sigmas[i + 1]), prompt_embeds, pooled_prompt_embeds, img_ids,
+                        txt_ids, guidance)
+                if i == 0:  # traced (and compiled) here, inside the attention options
+                    with track_compiles() as self.compile_stats:
+                        latents = self.denoise_step(*args)
+                else:
+                    latents = self.denoise_step(*args)
+                if callback is not None:
+                    latents.block_until_ready()  # so progress reflects finished work
+                    callback(i + 1, total)
 
         images = None
         if output_type == "np":
-            images = np.asarray(self.decode_latents(nnx.state(self.vae), latents, h, w))
-        return FluxPipelineOutput(images=images, latents=np.asarray(latents))
+            with vae_attention_context():
+                images = to_host(self.decode_latents(nnx.state(self.vae), latents, h, w))
+        return FluxPipelineOutput(images=images, latents=to_host(latents))

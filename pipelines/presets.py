@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from ..models_flax.flux import FluxConfig
-from ..models_flax.vae_kl import DOWN_BLOCK, UP_BLOCK, AutoencoderKLConfig
+from ..models_flax.vae_kl import FLUX_VAE_CONFIG
 from ..models_flax.vae_wan import WAN22_VAE_CONFIG, WanVAEConfig
 from ..models_flax.wan import WanConfig
 
@@ -35,13 +35,8 @@ class Preset:
     temporal_factor: int = 4  # pixel frames per latent frame after the first (Wan)
     steps: int = 28
     guidance_passes: int = 1  # transformer calls per step (2 with classifier-free guidance)
+    expand_timesteps: bool = False  # per-token timesteps `[B, S]` (Wan 2.2 TI2V-5B)
 
-
-FLUX_VAE = AutoencoderKLConfig(
-    in_channels=3, out_channels=3, down_block_types=(DOWN_BLOCK,) * 4, up_block_types=(UP_BLOCK,) * 4,
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16, norm_num_groups=32,
-    sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
-    use_post_quant_conv=False)
 
 _FLUX = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
              num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
@@ -57,8 +52,8 @@ WAN22_5B = WanConfig(num_attention_heads=24, ffn_dim=14336, num_layers=30, in_ch
                      **_WAN)
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("flux-dev", "flux", FluxConfig(guidance_embeds=True, **_FLUX), FLUX_VAE, 1024, 1024),
-    Preset("flux-schnell", "flux", FluxConfig(guidance_embeds=False, **_FLUX), FLUX_VAE, 1024, 1024,
+    Preset("flux-dev", "flux", FluxConfig(guidance_embeds=True, **_FLUX), FLUX_VAE_CONFIG, 1024, 1024),
+    Preset("flux-schnell", "flux", FluxConfig(guidance_embeds=False, **_FLUX), FLUX_VAE_CONFIG, 1024, 1024,
            steps=4),
     Preset("wan2.1-t2v-1.3b", "wan", WAN21_1_3B, WanVAEConfig(), 480, 832, 81, steps=50, guidance_passes=2),
     Preset("wan2.1-t2v-14b", "wan", WAN21_14B, WanVAEConfig(), 720, 1280, 81, steps=50, guidance_passes=2),
@@ -69,7 +64,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("wan2.2-i2v-a14b", "wan", dataclasses.replace(WAN21_14B, in_channels=36), WanVAEConfig(),
            720, 1280, 81, experts=2, steps=40, guidance_passes=2),
     Preset("wan2.2-ti2v-5b", "wan", WAN22_5B, WAN22_VAE_CONFIG, 704, 1280, 121, spatial_factor=16,
-           steps=50, guidance_passes=2),
+           steps=50, guidance_passes=2, expand_timesteps=True),
 )}
 
 

@@ -18,7 +18,11 @@ One jitted denoising step per expert (transformer call(s) + guidance + scheduler
 every step; its inputs that change per step (latents, timestep, scheduler state) are arrays, so each
 expert compiles once per run shape. The VAE encodes/decodes chunk by chunk with its own jitted steps.
 
-Imports models_flax (types only at run time) and schedulers; never torch.
+Scale: `mesh=`, `attention=`, `sequence_parallel=` as in `flux.FluxPipeline` (latents `[B, z, T', h, w]`
+are split on batch and, where it divides, on latent frames over `seq`; the scheduler state follows
+the latents). `compile_stats` sums what the first step of each expert compiled in the last run.
+
+Imports models_flax (types only at run time), schedulers, sharding, kernels; never torch.
 """
 
 from __future__ import annotations
@@ -34,12 +38,17 @@ from flax import nnx
 from ..schedulers import flow_match, unipc
 from ..schedulers.flow_match import FlowMatchEulerConfig
 from ..schedulers.unipc import WAN_SCHEDULER_CONFIG, UniPCConfig
+from .compile_cache import CompileStats, track_compiles
+from .placement import Placement, attention_context, check_attention_args, to_host, vae_attention_context
 
 # diffusers' Wan 2.2 A14B model_index.json boundary_ratio values.
 WAN22_T2V_BOUNDARY_RATIO = 0.875
 WAN22_I2V_BOUNDARY_RATIO = 0.9
 
 ProgressCallback = Callable[[int, int], None]
+# Logical axes of latents `[B, z, T', h, w]`: batch over data/fsdp; latent frames (the outermost
+# part of the token order f, h, w) over seq where they divide.
+LATENT_AXES = ("batch", None, "seq", None, None)
 
 
 @dataclasses.dataclass
@@ -97,12 +106,21 @@ class WanPipeline:
         boundary_ratio: expert switch at `t < boundary_ratio · num_train_timesteps`; needs
             `transformer_2`. None with `transformer_2` given uses 0.875 for T2V, 0.9 for I2V.
         expand_timesteps: Wan 2.2 TI2V-5B per-token timesteps (model_index.json `expand_timesteps`).
+        mesh: a `jax.sharding.Mesh` the modules are already placed on (None: one device).
+        attention: attention implementation for the transformer(s) ("auto", "xla", "cudnn",
+            "splash"; None = the surrounding `attention_options`, else auto).
+        sequence_parallel: None, "ulysses" or "ring": split attention over the mesh's `seq` axis.
     """
 
     def __init__(self, transformer: nnx.Module, vae: nnx.Module,
                  scheduler_config: UniPCConfig | FlowMatchEulerConfig = WAN_SCHEDULER_CONFIG, *,
                  transformer_2: nnx.Module | None = None, boundary_ratio: float | None = None,
-                 expand_timesteps: bool = False):
+                 expand_timesteps: bool = False, mesh=None, attention: str | None = None,
+                 sequence_parallel: str | None = None):
+        check_attention_args(attention, sequence_parallel)
+        self.mesh, self.attention, self.sequence_parallel = mesh, attention, sequence_parallel
+        self.placement = Placement(mesh)
+        self.compile_stats: CompileStats | None = None
         if not isinstance(scheduler_config, (UniPCConfig, FlowMatchEulerConfig)):
             raise ValueError("scheduler_config must be a UniPCConfig or FlowMatchEulerConfig, got "
                              f"{type(scheduler_config).__name__}")
@@ -222,10 +240,26 @@ class WanPipeline:
             if isinstance(sched, EulerState):
                 i = sched.step_index
                 latents = flow_match.step(v, sched.sigmas[i], sched.sigmas[i + 1], latents)
-                return latents, EulerState(sched.sigmas, i + 1)
-            return unipc.step(sched, v, latents)
+                out = latents, EulerState(sched.sigmas, i + 1)
+            else:
+                out = unipc.step(sched, v, latents)
+            return self._place_like_latents(out, latents.shape, self.placement.constrain)
 
         return denoise_step
+
+    @staticmethod
+    def _place_like_latents(tree, latent_shape, place):
+        """`place(leaf, axes)` on every leaf: latent-shaped trailing dims (latents, UniPC history) get
+        LATENT_AXES, everything else (sigmas, step counters, coefficients) is replicated."""
+        n = len(latent_shape)
+
+        def axes(leaf):
+            shape = tuple(leaf.shape)
+            if shape[-n:] == tuple(latent_shape) and len(shape) >= n:
+                return (None,) * (len(shape) - n) + LATENT_AXES
+            return ()
+
+        return jax.tree.map(lambda leaf: place(leaf, axes(leaf)), tree)
 
     # -- host-side helpers
 
@@ -274,9 +308,10 @@ class WanPipeline:
     def decode(self, latents: jax.Array) -> np.ndarray:
         """Model-space latents `[B, z, T', h, w]` → frames `[B, F, H, W, 3]` float32 0..1."""
         z = latents.astype(jnp.float32) / self.latents_inv_std + self.latents_mean
-        video = self.vae.decode(z.astype(self.vae_dtype)).astype(jnp.float32)  # [B, 3, F, H, W]
+        with vae_attention_context():
+            video = self.vae.decode(z.astype(self.vae_dtype)).astype(jnp.float32)  # [B, 3, F, H, W]
         video = jnp.clip(video * 0.5 + 0.5, 0.0, 1.0)
-        return np.asarray(video.transpose(0, 2, 3, 4, 1))
+        return to_host(video.transpose(0, 2, 3, 4, 1))
 
     def _expert_for(self, timestep: float, boundary: float | None) -> int:
         return 0 if boundary is None or timestep >= boundary else 1
@@ -395,8 +430,18 @@ class WanPipeline:
                 mask[:, :, 0] = 1.0  # frame 0 packed 4×: all four mask channels of latent frame 0
                 condition = jnp.concatenate([jnp.asarray(mask), latent_condition], axis=1)
 
-        # -- denoise
+        # -- placement (on one device, or on the mesh by logical axes)
+        put = self.placement.put
         timesteps, sched = self._schedule(num_inference_steps, shape)
+        latents, sched = self._place_like_latents((latents, sched), shape, put)
+        prompt_embeds = put(prompt_embeds, ("batch", None, None))
+        negative_prompt_embeds = put(negative_prompt_embeds, ("batch", None, None))
+        image_embeds = put(image_embeds, ("batch", None, None))
+        if condition is not None:
+            condition = put(condition, LATENT_AXES)
+        frame_mask, token_mask = put(frame_mask), put(token_mask)
+
+        # -- denoise
         boundary = None
         if two_experts:
             ratio = self.boundary_ratio
@@ -411,17 +456,26 @@ class WanPipeline:
             states.append(nnx.state(self.transformer_2))
 
         total = len(timesteps)
-        for i in range(total):
-            expert = self._expert_for(float(timesteps[i]), boundary)
-            latents, sched = self.denoise_steps[expert](
-                states[expert], latents, sched, jnp.asarray(timesteps[i]), prompt_embeds,
-                negative_prompt_embeds, image_embeds, condition, frame_mask, token_mask,
-                jnp.asarray(scales[expert], jnp.float32))
-            if callback is not None:
-                latents.block_until_ready()  # so progress reflects finished work
-                callback(i + 1, total)
+        self.compile_stats, first_seen = None, set()
+        with attention_context(self.attention, self.sequence_parallel, self.mesh):
+            for i in range(total):
+                expert = self._expert_for(float(timesteps[i]), boundary)
+                args = (states[expert], latents, sched, put(np.float32(timesteps[i])), prompt_embeds,
+                        negative_prompt_embeds, image_embeds, condition, frame_mask, token_mask,
+                        put(np.float32(scales[expert])))
+                if expert not in first_seen:  # each expert traces (and compiles) on its first step
+                    first_seen.add(expert)
+                    with track_compiles() as stats:
+                        latents, sched = self.denoise_steps[expert](*args)
+                    self.compile_stats = stats if self.compile_stats is None else (
+                        self.compile_stats + stats)
+                else:
+                    latents, sched = self.denoise_steps[expert](*args)
+                if callback is not None:
+                    latents.block_until_ready()  # so progress reflects finished work
+                    callback(i + 1, total)
 
         if self.expand_timesteps and i2v:
             latents = (1 - frame_mask) * condition + frame_mask * latents
         frames = self.decode(latents) if output_type == "np" else None
-        return WanPipelineOutput(frames=frames, latents=np.asarray(latents))
+        return WanPipelineOutput(frames=frames, latents=to_host(latents))

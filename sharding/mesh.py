@@ -132,14 +132,15 @@ def _as_tuple(entry) -> tuple[str, ...]:
 def fit_spec(spec: PartitionSpec, mesh: Mesh, shape: Sequence[int] | None = None) -> PartitionSpec:
     """`spec` restricted to what `mesh` can do for an array of `shape`.
 
-    Drops mesh axes the mesh lacks, axes already used by an earlier dimension, and (when `shape` is
+    Drops mesh axes the mesh lacks or has with size 1 (they split nothing, and would hide the dimension
+    from the FSDP fallback), axes already used by an earlier dimension, and (when `shape` is
     given) axes whose size does not divide the dimension, the last axis named first (so the dimension
     keeps the longest dividing prefix, or is replicated).
     """
     used: set[str] = set()
     entries = []
     for dim, entry in enumerate(tuple(spec)):
-        names = [n for n in _as_tuple(entry) if n in mesh.shape and n not in used]
+        names = [n for n in _as_tuple(entry) if n in mesh.shape and mesh.shape[n] > 1 and n not in used]
         if shape is not None and dim < len(shape):
             while names and shape[dim] % math.prod(mesh.shape[n] for n in names):
                 names.pop()

@@ -8,7 +8,9 @@ Logical names used by the models:
 
 Mesh axes (sharding/mesh.py MESH_AXES): `data` (batch only, parameters replicated), `fsdp` (batch and
 parameters: `embed`), `tensor` (Megatron-style: q/k/v and FFN-in column-parallel on `heads`/`mlp`,
-out-projections row-parallel on the same names), `seq` (activations' sequence; Ulysses/ring attention).
+out-projections row-parallel on the same names), `seq` (activations' sequence, Ulysses/ring attention;
+parameters are also split over it on `embed`, as a second FSDP axis, so a seq group does not hold a
+full copy of the weights each — MaxText shards `embed` over its sequence axis the same way).
 A rule may list several mesh axes; axes missing from the mesh, already used by an earlier dimension
 of the same array, or not dividing the dimension are dropped (`mesh.fit_spec`).
 """
@@ -16,7 +18,7 @@ of the same array, or not dividing the dimension are dropped (`mesh.fit_spec`).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
     ("seq", "seq"),
-    ("embed", "fsdp"),
+    ("embed", ("fsdp", "seq")),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv", "tensor"),

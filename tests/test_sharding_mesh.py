@@ -148,6 +148,15 @@ def test_partition_specs_from_logical_names_with_and_without_fsdp_fallback():
     assert specs[("norm",)] == P("fsdp")
 
 
+def test_size_one_axes_leave_dimensions_to_the_fsdp_fallback():
+    """tensor=1 splits nothing, so a `heads` bias is still free for fsdp (not pinned to a no-op axis)."""
+    state = nnx.state(nnx.eval_shape(lambda: _Tiny(nnx.Rngs(0))))
+    specs = partition_specs(state, AbstractMesh((4, 1), ("fsdp", "tensor")))
+    assert specs[("qkv", "bias")] == P("fsdp")
+    assert specs[("qkv", "kernel")] == P("fsdp")
+    assert specs[("time", "kernel")] == P("fsdp")
+
+
 def test_shard_module_places_every_variable():
     model = _Tiny(nnx.Rngs(0))
     before = np.asarray(model.qkv.kernel[...])
@@ -156,7 +165,7 @@ def test_shard_module_places_every_variable():
     for _, var in nnx.to_flat_state(nnx.state(model)):
         assert isinstance(var.get_value().sharding, NamedSharding)
         assert var.get_value().sharding.mesh.shape == mesh.shape
-    assert model.qkv.kernel[...].sharding.spec == P("fsdp", "tensor")
+    assert model.qkv.kernel[...].sharding.spec == P()  # size-1 axes split nothing: dropped
     np.testing.assert_array_equal(np.asarray(model.qkv.kernel[...]), before)
     y = nnx.jit(lambda m, x: m.qkv(x))(model, jnp.ones((2, 8)))
     np.testing.assert_allclose(np.asarray(y), np.ones((2, 8)) @ before, rtol=1e-6)
