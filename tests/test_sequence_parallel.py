@@ -7,16 +7,14 @@ tests/test_sharded_models.py. The options context itself is tested in-process.""
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from child_process import run_child
 
 from jaxdiff.kernels.attention import AttentionOptions, attention, attention_options, current_options, xla_attention
 from jaxdiff.kernels.sequence_parallel import seq_mesh
@@ -28,12 +26,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def results():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    res = subprocess.run([sys.executable, str(CHILD)], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    lines = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, res.stdout[-2000:]
-    return json.loads(lines[0][len("RESULT "):])
+    return run_child(CHILD)
 
 
 def test_child_never_imports_torch(results):

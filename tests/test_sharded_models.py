@@ -7,13 +7,11 @@ XLA_FLAGS must be set before jax is imported; it never imports torch."""
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+
+from child_process import run_child
 
 CHILD = pathlib.Path(__file__).with_name("sharded_models_child.py")
 TOL = 1e-5
@@ -24,13 +22,7 @@ FSDP_SLACK = 0.01
 
 @pytest.fixture(scope="module")
 def results():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    res = subprocess.run([sys.executable, str(CHILD)], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    lines = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, res.stdout[-2000:]
-    return json.loads(lines[0][len("RESULT "):])
+    return run_child(CHILD)
 
 
 MODELS = ("flux", "wan")
