@@ -321,11 +321,7 @@ def compile_cold_warm(fn, fn_args) -> tuple[Any, float, float]:
         compiled, cold = timed_compile(fn, *fn_args)
         _, warm = timed_compile(fn, *fn_args)
     finally:
-        enable_compile_cache(before if before is not None else "off")
-        if before is None:  # "off" leaves jax's cache object open on the directory removed below
-            from jax.experimental.compilation_cache import compilation_cache
-
-            compilation_cache.reset_cache()
+        enable_compile_cache(before if before is not None else "off")  # also closes the temporary dir
         shutil.rmtree(directory, ignore_errors=True)
     return compiled, cold, warm
 
