@@ -210,9 +210,9 @@ def build(make, init: str, mesh=None):
     from flax import nnx
 
     if init == "host":
-        from ..pipelines.cli import _build_from_host
+        from ..pipelines.cli import build_from_host
 
-        module = _build_from_host(make)
+        module = build_from_host(make)
         if mesh is not None:
             from ..sharding import shard_module
 
@@ -275,9 +275,9 @@ def denoise_program(setup: Setup, transformer, vae, *, mesh=None, attention: str
     put = pipe.placement.put
     shape = pipe.latent_shape(b, setup.height, setup.width, setup.frames)
     _, t_lat, h_lat, w_lat = shape[1:]
-    timesteps, sched = pipe._schedule(setup.steps, shape)
+    timesteps, sched = pipe.schedule(setup.steps, shape)
     latents = jax.random.normal(jax.random.key(setup.seed), shape, jnp.float32)
-    latents, sched = pipe._place_like_latents((latents, sched), shape, put)
+    latents, sched = pipe.place_like_latents((latents, sched), shape, put)
     text = lambda: put(normal(b, setup.text_tokens, c.text_dim), ("batch", None, None))
     prompt = text()
     negative = text() if setup.passes == 2 else None

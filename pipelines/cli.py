@@ -236,7 +236,7 @@ def _host_init(path, leaf, rng):
     return value.astype(np.float32)
 
 
-def _build_from_host(make):
+def build_from_host(make):
     """`make()`'s modules built abstractly and filled by `_host_init` from a fixed-seed numpy RNG:
     eager (or jitted) jax.random init of a few hundred small parameters costs ~20 s of
     dispatch/compile on CPU, numpy well under a second."""
@@ -269,7 +269,7 @@ def build_embedded(dtype: str = "float32"):
                 AutoencoderKL(AutoencoderKLConfig(**EMBEDDED_VAE), param_dtype=param_dtype,
                               rngs=rngs))
 
-    return _build_from_host(make)
+    return build_from_host(make)
 
 
 def random_prompt_embeds(seed: int, config):
@@ -357,7 +357,7 @@ def build_embedded_wan(dtype: str = "float32", *, image_to_video: bool = False):
                 AutoencoderKLWan(WanVAEConfig(**EMBEDDED_WAN_VAE), param_dtype=param_dtype,
                                  rngs=rngs))
 
-    return _build_from_host(make)
+    return build_from_host(make)
 
 
 def random_wan_embeds(seed: int, config) -> dict:

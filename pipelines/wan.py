@@ -243,12 +243,12 @@ class WanPipeline:
                 out = latents, EulerState(sched.sigmas, i + 1)
             else:
                 out = unipc.step(sched, v, latents)
-            return self._place_like_latents(out, latents.shape, self.placement.constrain)
+            return self.place_like_latents(out, latents.shape, self.placement.constrain)
 
         return denoise_step
 
     @staticmethod
-    def _place_like_latents(tree, latent_shape, place):
+    def place_like_latents(tree, latent_shape, place):
         """`place(leaf, axes)` on every leaf: latent-shaped trailing dims (latents, UniPC history) get
         LATENT_AXES, everything else (sigmas, step counters, coefficients) is replicated."""
         n = len(latent_shape)
@@ -263,7 +263,7 @@ class WanPipeline:
 
     # -- host-side helpers
 
-    def _schedule(self, num_inference_steps: int, latent_shape) -> tuple[np.ndarray, object]:
+    def schedule(self, num_inference_steps: int, latent_shape) -> tuple[np.ndarray, object]:
         """(model-facing timesteps `[N]` float32, initial scheduler state)."""
         cfg = self.scheduler_config
         if isinstance(cfg, UniPCConfig):
@@ -432,8 +432,8 @@ class WanPipeline:
 
         # -- placement (on one device, or on the mesh by logical axes)
         put = self.placement.put
-        timesteps, sched = self._schedule(num_inference_steps, shape)
-        latents, sched = self._place_like_latents((latents, sched), shape, put)
+        timesteps, sched = self.schedule(num_inference_steps, shape)
+        latents, sched = self.place_like_latents((latents, sched), shape, put)
         prompt_embeds = put(prompt_embeds, ("batch", None, None))
         negative_prompt_embeds = put(negative_prompt_embeds, ("batch", None, None))
         image_embeds = put(image_embeds, ("batch", None, None))
