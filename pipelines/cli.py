@@ -558,10 +558,32 @@ def _generate(args) -> list[Path]:
     return _generate_flux(args, mesh)
 
 
-def _generate_flux(args, mesh=None) -> list[Path]:
-    import numpy as np
+def _require_prompt_embeds(args) -> None:
+    if not args.prompt_embeds:
+        raise ValueError("--prompt-embeds FILE is required with --model (text encoders are "
+                         "not part of generate yet)")
+
+
+def _denoise_with_progress(steps: int, call):
+    """`call(callback)` with a tqdm bar on stderr advanced by the pipeline's per-step callback."""
     from tqdm import tqdm
 
+    with tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr) as bar:
+        return call(lambda step, total: bar.update(1))
+
+
+def _check_pixels(pixels, what: str) -> None:
+    """GenerationError (nothing written) on NaN/inf; a warning for a constant result."""
+    import numpy as np
+
+    if not np.isfinite(pixels).all():
+        raise GenerationError(f"generated {what} has NaN/inf values ({np.isnan(pixels).sum()} NaN); "
+                              "nothing written")
+    if float(pixels.max() - pixels.min()) == 0.0:
+        print(f"warning: the {what} is constant ({float(pixels.min()):.3f})", file=sys.stderr)
+
+
+def _generate_flux(args, mesh=None) -> list[Path]:
     from .flux import FluxPipeline
     from .image_io import save_images
     from ..schedulers.flow_match import FLUX_DEV_SCHEDULER_CONFIG
@@ -577,9 +599,7 @@ def _generate_flux(args, mesh=None) -> list[Path]:
         print(f"no --model: embedded tiny random-weight Flux (seed {EMBEDDED_WEIGHT_SEED})",
               file=sys.stderr)
     else:
-        if not args.prompt_embeds:
-            raise ValueError("--prompt-embeds FILE is required with --model (text encoders are "
-                             "not part of generate yet)")
+        _require_prompt_embeds(args)
         transformer, vae, scheduler = load_models(args, mesh)
         size = MODEL_SIZE
         steps = DEV_STEPS if transformer.config.guidance_embeds else SCHNELL_STEPS
@@ -595,17 +615,12 @@ def _generate_flux(args, mesh=None) -> list[Path]:
     if getattr(args, "export_step", None):
         _export_step(pipe, args.export_step, prompt.shape, height, width)
     start = time.perf_counter()
-    with tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr) as bar:
-        result = pipe(prompt, pooled, height=height, width=width, num_inference_steps=steps,
-                      guidance_scale=FLUX_GUIDANCE if args.guidance is None else args.guidance,
-                      seed=args.seed,
-                      callback=lambda step, total: bar.update(1))
+    result = _denoise_with_progress(steps, lambda callback: pipe(
+        prompt, pooled, height=height, width=width, num_inference_steps=steps,
+        guidance_scale=FLUX_GUIDANCE if args.guidance is None else args.guidance, seed=args.seed,
+        callback=callback))
     images = result.images
-    if not np.isfinite(images).all():
-        raise GenerationError(f"generated image has NaN/inf values ({np.isnan(images).sum()} NaN); "
-                           "nothing written")
-    if float(images.max() - images.min()) == 0.0:
-        print(f"warning: the image is constant ({float(images.min()):.3f})", file=sys.stderr)
+    _check_pixels(images, "image")
     paths = save_images(images, args.out or DEFAULT_OUT) if _is_primary() else []
     _report_compile(pipe, mesh)
     print(f"{height}x{width}, {steps} steps, {time.perf_counter() - start:.1f} s", file=sys.stderr)
@@ -613,9 +628,6 @@ def _generate_flux(args, mesh=None) -> list[Path]:
 
 
 def _generate_wan(args, mesh=None) -> list[Path]:
-    import numpy as np
-    from tqdm import tqdm
-
     from .video_io import _check_suffix, save_videos
     from .wan import WanPipeline
 
@@ -636,9 +648,7 @@ def _generate_wan(args, mesh=None) -> list[Path]:
         print(f"no --model: embedded tiny random-weight Wan {kind} (seed {EMBEDDED_WEIGHT_SEED})",
               file=sys.stderr)
     else:
-        if not args.prompt_embeds:
-            raise ValueError("--prompt-embeds FILE is required with --model (text encoders are "
-                             "not part of generate yet)")
+        _require_prompt_embeds(args)
         transformer, transformer_2, vae, scheduler, boundary_ratio, expand = load_wan_models(args,
                                                                                              mesh)
         size, frames, steps = WAN_SIZE, WAN_FRAMES, WAN_STEPS
@@ -658,18 +668,12 @@ def _generate_wan(args, mesh=None) -> list[Path]:
     guidance = WAN_GUIDANCE if args.guidance is None else args.guidance
 
     start = time.perf_counter()
-    with tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr) as bar:
-        result = pipe(embeds[WAN_PROMPT_KEY], embeds[WAN_NEGATIVE_KEY], image=image,
-                      image_embeds=embeds[WAN_IMAGE_KEY], height=height, width=width,
-                      num_frames=frames, num_inference_steps=steps, guidance_scale=guidance,
-                      guidance_scale_2=args.guidance_2, seed=args.seed,
-                      callback=lambda step, total: bar.update(1))
+    result = _denoise_with_progress(steps, lambda callback: pipe(
+        embeds[WAN_PROMPT_KEY], embeds[WAN_NEGATIVE_KEY], image=image, image_embeds=embeds[WAN_IMAGE_KEY],
+        height=height, width=width, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance,
+        guidance_scale_2=args.guidance_2, seed=args.seed, callback=callback))
     videos = result.frames
-    if not np.isfinite(videos).all():
-        raise GenerationError(f"generated video has NaN/inf values ({np.isnan(videos).sum()} NaN); "
-                              "nothing written")
-    if float(videos.max() - videos.min()) == 0.0:
-        print(f"warning: the video is constant ({float(videos.min()):.3f})", file=sys.stderr)
+    _check_pixels(videos, "video")
     paths = save_videos(videos, out, fps=fps) if _is_primary() else []
     _report_compile(pipe, mesh)
     print(f"{frames} frames {height}x{width}, {steps} steps, "
