@@ -95,8 +95,9 @@ def test_compiled_one_block_temp_bytes_match_the_estimate():
 # ----------------------------------------------------------------------------- README configurations
 
 
-@pytest.mark.parametrize("hbm,mesh,fits", [("v5e", "fsdp=2,tensor=4", True), ("v6e", "fsdp=8", True),
-                                           ("h100", "fsdp=8", True)])
+@pytest.mark.parametrize("hbm,mesh,fits", [  # the README's table rows, and two more
+    ("v5e", "fsdp=2,seq=4", True), ("v5e", "fsdp=8", False), ("v6e", "fsdp=2,seq=4", True),
+    ("h100", "fsdp=2,seq=4", True), ("v5e", "fsdp=2,tensor=4", True), ("v6e", "fsdp=8", True)])
 def test_readme_configurations(hbm, mesh, fits):
     r = plan.plan(request(WAN14, mesh), hbm)
     assert r["devices"] == 8 and r["image_tokens"] == 21 * 45 * 80
