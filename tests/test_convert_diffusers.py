@@ -13,6 +13,7 @@ from diffusers import AutoencoderKL as TorchAutoencoderKL
 from flax import nnx
 
 from flux_fixtures import tiny_flux_config, tiny_flux_inputs, tiny_torch_flux, torch_flux_forward
+from parity import jnp_inputs, max_diff
 from jaxdiff import load_model
 from jaxdiff.cli import main as jaxdiff_main
 from jaxdiff.convert import convert
@@ -22,18 +23,6 @@ TOLERANCE = 1e-5
 SHARD_SIZE = "20KB"  # forces several shards + index for the tiny models
 TINY_VAE = dict(block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1, latent_channels=4,
                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-
-
-def _jnp(inputs: dict) -> dict:
-    return {k: None if v is None else jnp.asarray(v) for k, v in inputs.items()}
-
-
-def max_diff(a, b) -> float:
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    assert a.shape == b.shape
-    diff = float(np.abs(a - b).max())
-    print(f"max|Δ| {diff:.2e}")  # shown with pytest -s
-    return diff
 
 
 @pytest.fixture(scope="module", params=["dev", "schnell"])
@@ -56,7 +45,7 @@ def test_flux_diffusers_dir_matches_torch(flux_case, layout):
         assert len(list(dirs[layout].glob("*.safetensors"))) > 1
         assert list(dirs[layout].glob("*.safetensors.index.json"))
     ours = load_model(dirs[layout])
-    assert max_diff(ours(**_jnp(inputs)), ref) <= TOLERANCE
+    assert max_diff(ours(**jnp_inputs(inputs)), ref) <= TOLERANCE
 
 
 def test_flux_converted_checkpoint_matches_direct_load(flux_case, tmp_path):
@@ -65,8 +54,8 @@ def test_flux_converted_checkpoint_matches_direct_load(flux_case, tmp_path):
     meta = read_meta(out)
     assert meta["family"] == "flux" and meta["dtype"] == "float32"
     assert "transformer_blocks.0" in meta["units"]
-    direct = load_model(dirs["sharded"])(**_jnp(inputs))
-    restored = load_model(out)(**_jnp(inputs))
+    direct = load_model(dirs["sharded"])(**jnp_inputs(inputs))
+    restored = load_model(out)(**jnp_inputs(inputs))
     assert max_diff(restored, direct) == 0.0
     assert max_diff(restored, ref) <= TOLERANCE
 
@@ -135,7 +124,7 @@ def test_diffusers_named_single_file_with_explicit_config(flux_case, tmp_path):
     with pytest.raises(ValueError, match=r"head dim 16.*config="):
         load_model(path)
     ours = convert_load_model(path, config=dict(model.config))
-    assert max_diff(ours(**_jnp(inputs)), ref) <= TOLERANCE
+    assert max_diff(ours(**jnp_inputs(inputs)), ref) <= TOLERANCE
 
 
 def test_converted_checkpoint_restores_in_another_dtype(flux_case, tmp_path):

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from comfy_fixtures import (COMFY_PREFIX, comfy_forward, comfy_inputs, comfyui_root, diffusers_inputs,
                             quantize_fp8, tiny_comfy_flux, unpack, LATENT_SIDE)
+from parity import max_diff
 from jaxdiff import load_model
 from jaxdiff.convert import convert
 from jaxdiff.convert import flux_keys
@@ -31,13 +32,6 @@ def comfy_root(tmp_path_factory):
 def run_ours(model, inputs: dict) -> np.ndarray:
     out = model(**{k: None if v is None else jnp.asarray(v) for k, v in diffusers_inputs(inputs).items()})
     return unpack(np.asarray(out), LATENT_SIDE, LATENT_SIDE)
-
-
-def max_diff(a, b) -> float:
-    assert a.shape == b.shape
-    diff = float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max())
-    print(f"max|Δ| {diff:.2e}")  # shown with pytest -s
-    return diff
 
 
 @pytest.fixture(scope="module", params=["dev", "schnell"])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLWan as TorchAutoencoderKLWan
-from flax import nnx
 
+from parity import max_diff, run_jitted
 from jaxdiff import load_model
 from jaxdiff.cli import main as jaxdiff_main
 from jaxdiff.convert import convert, wan_keys
@@ -28,22 +28,6 @@ VARIANTS = {
     "i2v": (tiny_i2v_config(), dict(text_tokens=I2V_TEXT_TOKENS, image_tokens=IMAGE_TOKENS)),
     "ti2v": (dict(in_channels=8, out_channels=8), dict(per_token_timesteps=True)),
 }
-
-
-def _jnp(inputs: dict) -> dict:
-    return {k: None if v is None else jnp.asarray(v) for k, v in inputs.items()}
-
-
-def max_diff(a, b) -> float:
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    assert a.shape == b.shape
-    diff = float(np.abs(a - b).max())
-    print(f"max|Δ| {diff:.2e}")  # shown with pytest -s
-    return diff
-
-
-def run(model, inputs: dict) -> np.ndarray:
-    return np.asarray(nnx.jit(lambda m, x: m(**x))(model, _jnp(inputs)))
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -67,7 +51,7 @@ def test_wan_diffusers_dir_matches_torch(wan_case, layout):
         assert list(dirs[layout].glob("*.safetensors.index.json"))
     ours = load_model(dirs[layout])
     assert type(ours).__name__ == "WanTransformer3DModel"
-    assert max_diff(run(ours, inputs), ref) <= TOLERANCE
+    assert max_diff(run_jitted(ours, inputs), ref) <= TOLERANCE
 
 
 def test_wan_converted_checkpoint_matches_direct_load(wan_case, tmp_path):
@@ -76,8 +60,8 @@ def test_wan_converted_checkpoint_matches_direct_load(wan_case, tmp_path):
     meta = read_meta(out)
     assert meta["family"] == "wan" and meta["class_name"] == "WanTransformer3DModel"
     assert {"blocks.0", "blocks.1", "condition_embedder", "patch_embedding"} <= set(meta["units"])
-    direct = run(load_model(dirs["sharded"]), inputs)
-    restored = run(load_model(out), inputs)
+    direct = run_jitted(load_model(dirs["sharded"]), inputs)
+    restored = run_jitted(load_model(out), inputs)
     assert max_diff(restored, direct) == 0.0
     assert max_diff(restored, ref) <= TOLERANCE
 
@@ -94,7 +78,7 @@ def test_norm_added_q_is_ignored_like_diffusers(tmp_path):
     save_file(state, str(weights), metadata={"format": "pt"})
     assert wan_keys.diffusers_ignored("wan", state) == {"blocks.0.attn2.norm_added_q.weight"}
     inputs = tiny_wan_inputs(tiny_i2v_config(), text_tokens=I2V_TEXT_TOKENS, image_tokens=IMAGE_TOKENS)
-    assert max_diff(run(load_model(tmp_path), inputs), torch_wan_forward(model, inputs)) <= TOLERANCE
+    assert max_diff(run_jitted(load_model(tmp_path), inputs), torch_wan_forward(model, inputs)) <= TOLERANCE
     # any other unknown key is still an error that names it
     state["blocks.0.attn2.extra.weight"] = torch.ones(24)
     save_file(state, str(weights), metadata={"format": "pt"})

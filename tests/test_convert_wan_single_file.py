@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 from safetensors.torch import save_file
 
 from comfy_fixtures import COMFY_PREFIX, comfyui_root, quantize_fp8
+from parity import max_diff, run_jitted
 from jaxdiff import load_model
 from jaxdiff.cli import main as jaxdiff_main
 from jaxdiff.convert import convert, wan_keys
@@ -33,17 +33,8 @@ def comfy_root(tmp_path_factory):
     return comfyui_root(tmp_path_factory.mktemp("comfyui"))
 
 
-def max_diff(a, b) -> float:
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    assert a.shape == b.shape
-    diff = float(np.abs(a - b).max())
-    print(f"max|Δ| {diff:.2e}")  # shown with pytest -s
-    return diff
-
-
 def run_ours(model, inputs: dict) -> np.ndarray:
-    kwargs = {k: None if v is None else jnp.asarray(v) for k, v in diffusers_wan_inputs(inputs).items()}
-    return np.asarray(nnx.jit(lambda m, x: m(**x))(model, kwargs))
+    return run_jitted(model, diffusers_wan_inputs(inputs))
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))

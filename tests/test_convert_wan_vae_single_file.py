@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from comfy_fixtures import comfyui_root
+from parity import max_diff
 from jaxdiff import load_model
 from jaxdiff.convert import convert, wan_keys
 from jaxdiff.convert.checkpoint import read_meta
@@ -26,14 +27,6 @@ SIZE = {"wan21": 16, "wan22": 32}
 @pytest.fixture(scope="module")
 def comfy_root(tmp_path_factory):
     return comfyui_root(tmp_path_factory.mktemp("comfyui"))
-
-
-def max_diff(a, b) -> float:
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    assert a.shape == b.shape
-    diff = float(np.abs(a - b).max())
-    print(f"max|Δ| {diff:.2e}")  # shown with pytest -s
-    return diff
 
 
 @pytest.fixture(scope="module", params=["wan21", "wan22"])

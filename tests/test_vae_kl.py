@@ -14,7 +14,7 @@ from flax import nnx
 
 from jaxdiff.convert.place import load_state_dict, param_targets, resolve_path, to_flax_layout
 from jaxdiff.models_flax.vae_kl import FLUX_VAE_CONFIG, AutoencoderKL, AutoencoderKLConfig
-from vae_fixtures import randomize_vae_
+from parity import abstract_model, build_vae_pair, max_diff
 
 TOLERANCE = 1e-5  # max abs diff, fp32
 SEED = 0
@@ -44,16 +44,11 @@ FLUX_CONFIG_JSON = {
 
 
 def abstract_vae(cfg: AutoencoderKLConfig) -> AutoencoderKL:
-    """Shapes only, no random init (fast); `load_state_dict` fills in the weights."""
-    return nnx.eval_shape(lambda: AutoencoderKL(cfg, rngs=nnx.Rngs(0)))
+    return abstract_model(AutoencoderKL, cfg)
 
 
 def build_pair(overrides: dict) -> tuple[TorchAutoencoderKL, AutoencoderKL]:
-    torch_vae = TorchAutoencoderKL(**overrides).eval()
-    randomize_vae_(torch_vae)
-    ours = abstract_vae(AutoencoderKLConfig.from_dict(dict(torch_vae.config)))
-    load_state_dict(ours, {k: v.numpy() for k, v in torch_vae.state_dict().items()})
-    return torch_vae, ours
+    return build_vae_pair(TorchAutoencoderKL, AutoencoderKL, AutoencoderKLConfig, overrides)
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
@@ -63,12 +58,6 @@ def pair(request):
 
 def random_input(shape, seed: int = SEED + 1) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-
-def max_diff(ours: jax.Array, ref: torch.Tensor | jax.Array) -> float:
-    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
-    assert tuple(ours.shape) == ref.shape
-    return float(np.max(np.abs(np.asarray(ours) - ref)))
 
 
 def test_encode_mean_and_logvar_match_diffusers(pair):

@@ -12,11 +12,11 @@ from diffusers import AutoencoderKLWan as TorchAutoencoderKLWan
 from diffusers.models.autoencoders import autoencoder_kl_wan as torch_wan
 from flax import nnx
 
-from jaxdiff.convert.place import load_state_dict, param_targets, resolve_path, to_flax_layout
+from jaxdiff.convert.place import param_targets, resolve_path, to_flax_layout
 from jaxdiff.models_flax import vae_wan
 from jaxdiff.models_flax.vae_wan import (WAN21_VAE_CONFIG, WAN22_VAE_CONFIG, AutoencoderKLWan,
                                          WanVAEConfig, patchify, unpatchify)
-from vae_fixtures import randomize_vae_
+from parity import abstract_model, build_vae_pair, max_diff
 
 TOLERANCE = 1e-5  # max abs diff, fp32
 SEED = 0
@@ -41,16 +41,11 @@ SIZE = {"wan21_tiny": 16, "wan21_widths": 16, "wan22_tiny": 32}  # pixels; laten
 
 
 def abstract_vae(cfg: WanVAEConfig) -> AutoencoderKLWan:
-    """Shapes only, no random init (fast); `load_state_dict` fills in the weights."""
-    return nnx.eval_shape(lambda: AutoencoderKLWan(cfg, rngs=nnx.Rngs(0)))
+    return abstract_model(AutoencoderKLWan, cfg)
 
 
 def build_pair(overrides: dict) -> tuple[TorchAutoencoderKLWan, AutoencoderKLWan]:
-    torch_vae = TorchAutoencoderKLWan(**overrides).eval()
-    randomize_vae_(torch_vae)
-    ours = abstract_vae(WanVAEConfig.from_dict(dict(torch_vae.config)))
-    load_state_dict(ours, {k: v.numpy() for k, v in torch_vae.state_dict().items()})
-    return torch_vae, ours
+    return build_vae_pair(TorchAutoencoderKLWan, AutoencoderKLWan, WanVAEConfig, overrides)
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
@@ -60,12 +55,6 @@ def pair(request):
 
 def random_input(shape, seed: int = SEED + 1) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-
-def max_diff(ours: jnp.ndarray, ref: torch.Tensor | np.ndarray) -> float:
-    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
-    assert tuple(ours.shape) == ref.shape
-    return float(np.max(np.abs(np.asarray(ours) - ref)))
 
 
 def test_encode_mean_and_logvar_match_diffusers(pair):
