@@ -188,7 +188,12 @@ def timestep_projection(t: jax.Array, dim: int, max_period: float = 10000.0) -> 
 
 
 class GaussianPosterior:
-    """Mixin for VAEs whose `encode(sample)` returns `(mean, logvar)` of a diagonal Gaussian."""
+    """Mixin for VAEs whose `encode(sample)` returns `(mean, logvar)` of a diagonal Gaussian and whose
+    `decode(z)` maps a raw latent back to pixels."""
+
+    def __call__(self, sample: jax.Array) -> jax.Array:
+        """Reconstruction through the posterior mode (diffusers `forward(sample_posterior=False)`)."""
+        return self.decode(self.encode_mode(sample))
 
     def encode_mode(self, sample: jax.Array) -> jax.Array:
         """Raw (unscaled) latent: the posterior mean."""

@@ -308,10 +308,6 @@ class AutoencoderKL(GaussianPosterior, nnx.Module):
             x = self.post_quant_conv(x)
         return _nhwc_to_nchw(self.decoder(x))
 
-    def __call__(self, sample: jax.Array) -> jax.Array:
-        """Reconstruction through the posterior mode (diffusers `forward(sample_posterior=False)`)."""
-        return self.decode(self.encode_mode(sample))
-
     def scale_latents(self, z_raw: jax.Array) -> jax.Array:
         """Raw VAE latent → the diffusion model's latent space: (z − shift) · scaling."""
         return (z_raw - (self.config.shift_factor or 0.0)) * self.config.scaling_factor

@@ -582,10 +582,6 @@ class AutoencoderKLWan(GaussianPosterior, nnx.Module):
             outs.append(frames)
         return _nthwc_to_ncthw(jnp.concatenate(outs, axis=1))
 
-    def __call__(self, sample: jax.Array) -> jax.Array:
-        """Reconstruction through the posterior mode (diffusers `forward(sample_posterior=False)`)."""
-        return self.decode(self.encode_mode(sample))
-
     def _latent_stats(self, dtype) -> tuple[jax.Array, jax.Array]:
         cfg = self.config
         # diffusers' own tiny configs keep the 16 default stats with other z_dims; only using them fails.
