@@ -31,6 +31,22 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+def write_atomic(path: Path, write) -> Path:
+    """`write(binary file)` into a temp file beside `path`, then renamed onto it: a failure or an
+    interrupt leaves no half-written file (the temp file is removed). Returns `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write one `[H, W, C]` float image; a temp file in the same folder is renamed into place."""
     from PIL import Image
@@ -45,17 +61,7 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     pixels = to_uint8(image)
     if pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(pixels).save(f, format="PNG")
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 
 def save_images(images: np.ndarray, path: str | os.PathLike) -> list[Path]:

@@ -12,13 +12,12 @@ when an MP4 is written or read.
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from .image_io import _file_mode, image_paths, to_uint8
+from .image_io import image_paths, to_uint8, write_atomic
 
 VIDEO_SUFFIXES = (".mp4", ".webp")
 MP4_CODEC = "libx264"
@@ -85,20 +84,9 @@ def save_video(frames: np.ndarray, path: str | os.PathLike, *, fps: float = 16,
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     pixels = _check_frames(frames, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if suffix == ".mp4":
-                _write_mp4(pixels, f, fps)
-            else:
-                _write_webp(pixels, f, fps, lossless)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    if suffix == ".mp4":
+        return write_atomic(path, lambda f: _write_mp4(pixels, f, fps))
+    return write_atomic(path, lambda f: _write_webp(pixels, f, fps, lossless))
 
 
 def save_videos(videos: np.ndarray, path: str | os.PathLike, *, fps: float = 16,
