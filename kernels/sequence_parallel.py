@@ -121,15 +121,9 @@ def sequence_parallel_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, sca
             return _ring(q, k, v, key_mask, scale=scale, axis=axis, n=n)
         return local_attention(q, k, v, scale=scale, mask=key_mask, implementation=implementation)
 
-    if key_mask is None:
-        fn = jax.shard_map(lambda q, k, v: body(q, k, v, None), mesh=mesh, in_specs=(qspec, kvspec, kvspec),
-                           out_specs=qspec, check_vma=False)
-        out = fn(q, k, v)
-    else:
-        fn = jax.shard_map(body, mesh=mesh, in_specs=(qspec, kvspec, kvspec, mspec), out_specs=qspec,
-                           check_vma=False)
-        out = fn(q, k, v, key_mask)
-    return out[:, :sq]
+    fn = jax.shard_map(body, mesh=mesh, in_specs=(qspec, kvspec, kvspec, mspec), out_specs=qspec,
+                       check_vma=False)
+    return fn(q, k, v, key_mask)[:, :sq]  # key_mask None: an empty pytree, its spec unused
 
 
 def _ring(q, k, v, key_mask, *, scale: float, axis: str, n: int):

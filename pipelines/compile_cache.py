@@ -94,12 +94,11 @@ def timed_compile(fn: Callable, *args, **kwargs) -> tuple[Any, float]:
 
 # jax.monitoring events (jax/_src/dispatch.py, compiler.py): spans of tracing, lowering and XLA compile
 # (the last includes a persistent-cache load), and the persistent cache's lookups and hits.
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 _COMPILE_SPANS = ("/jax/core/compile/jaxpr_trace_duration",
-                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration", _BACKEND_COMPILE)
 _CACHE_REQUEST = "/jax/compilation_cache/compile_requests_use_cache"
 _CACHE_HIT = "/jax/compilation_cache/cache_hits"
-_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
 @dataclasses.dataclass
@@ -117,10 +116,6 @@ class CompileStats:
     cache_requests: int = 0
     cache_hits: int = 0
     _spans: list = dataclasses.field(default_factory=list, repr=False)
-
-    @property
-    def cache_misses(self) -> int:
-        return self.cache_requests - self.cache_hits
 
     @property
     def status(self) -> str:
