@@ -6,15 +6,15 @@ and residual adds are left out (a few percent at real widths; `tests/test_bench.
 against XLA's `cost_analysis()` on a tiny config). Attention counts the full Sq × Sk product (no
 causal halving: diffusion transformers attend bidirectionally).
 
-Each function returns `{term: flops}`; `sum(...)` is the forward. Pure Python, no jax.
+Each function returns `{term: flops}`; `sum(...)` is the forward. Widths the configs do not carry
+(Flux's MLP ratio, its timestep projection width) come from models_flax/flux.py.
 """
 
 from __future__ import annotations
 
 import math
 
-TIMESTEP_CHANNELS = 256  # width of Flux's sinusoidal timestep/guidance projection
-MLP_RATIO = 4  # Flux FFN width / model width
+from ..models_flax.flux import MLP_RATIO, TIMESTEP_CHANNELS
 
 
 def matmul(m: int, n: int, k: int) -> int:
