@@ -7,14 +7,13 @@ against XLA's `cost_analysis()` on a tiny config). Attention counts the full Sq 
 causal halving: diffusion transformers attend bidirectionally).
 
 Each function returns `{term: flops}`; `sum(...)` is the forward. Widths the configs do not carry
-(Flux's MLP ratio, its timestep projection width) come from models_flax/flux.py.
+(Flux's MLP ratio, its timestep projection width) come from models_flax/flux.py, imported when counted
+(this module is loaded by `jaxdiff --help`, which must not pay for importing jax).
 """
 
 from __future__ import annotations
 
 import math
-
-from ..models_flax.flux import MLP_RATIO, TIMESTEP_CHANNELS
 
 
 def matmul(m: int, n: int, k: int) -> int:
@@ -29,6 +28,8 @@ def attention(batch: int, heads: int, q_len: int, kv_len: int, head_dim: int) ->
 
 def flux_forward(config, *, batch: int, image_tokens: int, text_tokens: int) -> dict[str, int]:
     """One `FluxTransformer2DModel` forward (models_flax/flux.py) on `[B, S_img]` + `[B, S_txt]` tokens."""
+    from ..models_flax.flux import MLP_RATIO, TIMESTEP_CHANNELS
+
     b, si, st = batch, image_tokens, text_tokens
     s = si + st
     d, heads, hd = config.inner_dim, config.num_attention_heads, config.attention_head_dim

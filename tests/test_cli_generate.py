@@ -102,6 +102,14 @@ def test_importing_the_subcommand_does_not_import_jax():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_jaxdiff_help_imports_neither_jax_nor_torch():
+    """Every subcommand's arguments (generate, convert, verify, bench, plan) without jax: `--help` stays fast."""
+    code = ("import sys; from jaxdiff.cli import build_parser; build_parser(); "
+            "assert 'jax' not in sys.modules and 'torch' not in sys.modules, "
+            "[m for m in ('jax', 'torch') if m in sys.modules]")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_save_images_names_a_batch_and_rounds_like_diffusers(tmp_path):
     from jaxdiff.pipelines.image_io import save_images
 
