@@ -84,16 +84,44 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(partial, path)
 
 
+def is_converted_checkpoint(path) -> bool:
+    """Whether `path` is a directory holding a `jaxdiff.json` of format "jaxdiff" (complete, any version)."""
+    try:
+        meta = json.loads((Path(path) / META_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
+
+
+def check_output(out, *, overwrite: bool = False) -> Path:
+    """`out` as an absolute path, if a conversion may write there; raises FileExistsError otherwise.
+
+    An existing `out` is replaced only with `overwrite` and only when it is an empty directory or a
+    converted jaxdiff checkpoint, so a mistyped path never wipes user data.
+    """
+    out = Path(out).absolute()
+    if not out.exists() and not out.is_symlink():
+        return out
+    if not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"{out} is not a directory; --overwrite replaces only a converted "
+                              "jaxdiff checkpoint, so it was left alone")
+    if any(out.iterdir()) and not is_converted_checkpoint(out):
+        raise FileExistsError(f"{out} is not a converted jaxdiff checkpoint (no {META_NAME} of format "
+                              f"{FORMAT_NAME!r}); --overwrite replaces only those, so it was left alone")
+    return out
+
+
 def write_converted(out, *, family: str, config: dict, dtype, units, overwrite: bool = False,
                     source: str = "", num_tensors: int | None = None,
                     progress: Callable[[int], None] | None = None) -> Path:
     """Write `units` (`(unit_path, [(param_path, array), …])`, e.g. `Plan.units()`) to `out`.
 
-    Raises FileExistsError when `out` exists and not `overwrite`.
+    Raises FileExistsError when `out` exists and not `overwrite`, or when it is anything but an empty
+    directory or a converted jaxdiff checkpoint (see `check_output`).
     """
-    out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    out = check_output(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -117,10 +145,11 @@ def write_converted(out, *, family: str, config: dict, dtype, units, overwrite: 
             "num_tensors": count if num_tensors is None else num_tensors, "source": source,
         })
         if out.exists():  # overwrite: swap the old one out, then delete it
+            check_output(out, overwrite=overwrite)  # again: it may have changed while we wrote
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(old)
             tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+            shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
     except BaseException:

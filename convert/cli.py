@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,17 +14,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output directory (written atomically: complete or absent)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="parameter dtype (default: the checkpoint's; fp8 → bfloat16)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it is a converted jaxdiff checkpoint (or an empty "
+                        "directory); anything else is refused and left alone")
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .checkpoint import check_output
     from .loader import open_plan, write_plan
 
     try:
-        if Path(args.out).exists() and not args.overwrite:  # before any work or progress bar
-            raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+        check_output(args.out, overwrite=args.overwrite)  # before any work or progress bar
         with open_plan(args.src, dtype=args.dtype) as plan, \
                 tqdm(total=plan.num_tensors, unit="tensor", desc=f"convert {plan.family}") as bar:
             out = write_plan(plan, args.out, overwrite=args.overwrite, progress=bar.update)
