@@ -679,6 +679,12 @@ def run(args: argparse.Namespace) -> int:
                 results.append(json.loads(path.read_text()))
             print(summary_table(results))
             return 0
+        if args.torch:  # fail before building anything, not after our half has run
+            try:
+                import torch  # noqa: F401
+                import diffusers  # noqa: F401
+            except ImportError as e:
+                raise ValueError(f"--torch needs the verify extra: pip install 'jaxdiff[verify]' ({e})") from e
         result = bench(args, log)
     except (ValueError, FileNotFoundError) as e:
         print(f"jaxdiff bench: error: {e}", file=sys.stderr)
