@@ -32,7 +32,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .detect import META_NAME
-from .families import FAMILIES, abstract_model, canonical_dtype
+from .. import families
+from .families import abstract_model, canonical_dtype
 from .place import Path as ParamPath, partition_shardings, unit_of
 
 FORMAT_NAME = "jaxdiff"
@@ -140,7 +141,7 @@ def write_converted(out, *, family: str, config: dict, dtype, units, overwrite: 
             checkpointer.close()
         _write_json(tmp / META_NAME, {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "family": family,
-            "class_name": FAMILIES[family].class_name, "config": config,
+            "class_name": families.get_model(family).class_name, "config": config,
             "dtype": canonical_dtype(dtype).name, "units": names,
             "num_tensors": count if num_tensors is None else num_tensors, "source": source,
         })
@@ -169,7 +170,7 @@ def read_meta(path) -> dict:
         raise ValueError(f"{meta_path}: unsupported format {meta.get('format')!r} version "
                          f"{meta.get('format_version')!r} (this jaxdiff reads {FORMAT_NAME} "
                          f"v{FORMAT_VERSION})")
-    if meta.get("family") not in FAMILIES:
+    if meta.get("family") not in {m.name for m in families.all_models()}:
         raise ValueError(f"{meta_path}: unknown model family {meta.get('family')!r}")
     return meta
 

@@ -1,7 +1,9 @@
-"""What is at a path: a converted jaxdiff checkpoint, a diffusers model directory or a single file.
+"""What is at a path: a converted jaxdiff checkpoint, a diffusers or transformers model directory,
+or a single file.
 
-Only file names and small JSON files are read here; single-file layouts are told apart by their keys
-in loader.py (they need the safetensors header).
+Only file names and small JSON files are read here; the model kind of a directory comes from its
+config.json (diffusers `_class_name`, transformers `architectures`) through the family registry;
+single-file layouts are told apart by their keys in loader.py (they need the safetensors header).
 """
 
 from __future__ import annotations
@@ -10,29 +12,32 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .families import family_for_class
+from ..families import model_for_class
 from .safetensors_io import PICKLE_SUFFIXES, refuse_pickle
 
 CONFIG_NAME = "config.json"
 META_NAME = "jaxdiff.json"  # written last: its presence marks a complete converted checkpoint
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+TRANSFORMERS_WEIGHTS = "model.safetensors"
+WEIGHT_NAMES = (DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS)  # preferred, in this order
 PIPELINE_INDEX = "model_index.json"
 
 
 @dataclass
 class Source:
     path: Path
-    kind: str  # "converted" | "diffusers" | "single_file"
-    family: str | None = None  # known up front for diffusers dirs (config.json `_class_name`)
+    kind: str  # "converted" | "diffusers" (diffusers or transformers model dir) | "single_file"
+    family: str | None = None  # model kind, known up front for model dirs (from config.json)
     config: dict | None = None
     files: list[Path] = field(default_factory=list)  # safetensors files holding the weights
 
 
 def _diffusers_weight_files(path: Path) -> list[Path]:
-    """The safetensors files of a diffusers model dir: from `*.safetensors.index.json`, else the one file."""
+    """The safetensors files of a diffusers / transformers model dir: from `*.safetensors.index.json`
+    (diffusers' or transformers' name first), else the one file."""
     indexes = sorted(path.glob("*.safetensors.index.json"))
     if indexes:
-        preferred = [p for p in indexes if p.name == DIFFUSERS_WEIGHTS + ".index.json"]
+        preferred = [p for name in WEIGHT_NAMES for p in indexes if p.name == name + ".index.json"]
         index = (preferred or indexes)[0]
         weight_map = json.loads(index.read_text()).get("weight_map")
         if not weight_map:
@@ -42,8 +47,9 @@ def _diffusers_weight_files(path: Path) -> list[Path]:
         if absent:
             raise FileNotFoundError(f"{index}: shard file(s) listed but missing: {', '.join(absent)}")
         return files
-    if (path / DIFFUSERS_WEIGHTS).is_file():
-        return [path / DIFFUSERS_WEIGHTS]
+    for name in WEIGHT_NAMES:
+        if (path / name).is_file():
+            return [path / name]
     found = sorted(path.glob("*.safetensors"))
     if len(found) == 1:
         return found
@@ -53,7 +59,7 @@ def _diffusers_weight_files(path: Path) -> list[Path]:
     pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         refuse_pickle(pickles[0])
-    raise FileNotFoundError(f"{path}: no .safetensors weights in this diffusers model directory")
+    raise FileNotFoundError(f"{path}: no .safetensors weights in this model directory")
 
 
 def inspect_path(path: str | Path) -> Source:
@@ -74,9 +80,16 @@ def inspect_path(path: str | Path) -> Source:
             raise ValueError(f"{path}: a diffusers pipeline directory; pass one model subfolder "
                              "(e.g. transformer/ or vae/)")
         raise FileNotFoundError(
-            f"{path}: not a loadable directory — no {CONFIG_NAME} (a diffusers model directory needs "
-            f"one) and no {META_NAME} (a complete converted jaxdiff checkpoint has one; an interrupted "
+            f"{path}: not a loadable directory — no {CONFIG_NAME} (a diffusers or transformers model "
+            f"directory needs one) and no {META_NAME} (a complete converted jaxdiff checkpoint has one; an interrupted "
             "conversion leaves none)")
     config = json.loads((path / CONFIG_NAME).read_text())
-    family = family_for_class(config.get("_class_name"), str(path / CONFIG_NAME))
-    return Source(path, "diffusers", family, config, _diffusers_weight_files(path))
+    model = model_for_class(class_name(config), str(path / CONFIG_NAME))
+    return Source(path, "diffusers", model.name, config, _diffusers_weight_files(path))
+
+
+def class_name(config: dict) -> str | None:
+    """The model class a config.json names: diffusers `_class_name`, else the first transformers
+    `architectures` entry."""
+    architectures = config.get("architectures") or [None]
+    return config.get("_class_name") or architectures[0]

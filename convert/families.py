@@ -1,4 +1,5 @@
-"""Model families the converter knows: diffusers class name → our config/model classes.
+"""The converter's view of the family registry (`jaxdiff.families`): config and abstract model of a
+model kind, the parameter dtype rule, and the keys diffusers ignores.
 
 Models are built abstractly (`nnx.eval_shape`), so loading a 12B model never allocates random
 weights; `place.py` then fills the abstract parameters one unit at a time.
@@ -6,42 +7,15 @@ weights; `place.py` then fills the abstract parameters one unit at a time.
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from typing import Any, Mapping
+import re
+from typing import Any, Iterable, Mapping
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-
-@dataclass(frozen=True)
-class Family:
-    name: str  # our name, stored in jaxdiff.json
-    class_name: str  # diffusers `_class_name` in config.json
-    module: str  # models_flax module holding the classes
-    config_class: str
-    model_class: str
-
-    def classes(self):
-        mod = importlib.import_module(f"..models_flax.{self.module}", __package__)
-        return getattr(mod, self.config_class), getattr(mod, self.model_class)
-
-
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("flux", "FluxTransformer2DModel", "flux", "FluxConfig", "FluxTransformer2DModel"),
-    Family("vae_kl", "AutoencoderKL", "vae_kl", "AutoencoderKLConfig", "AutoencoderKL"),
-    Family("wan", "WanTransformer3DModel", "wan", "WanConfig", "WanTransformer3DModel"),
-    Family("vae_wan", "AutoencoderKLWan", "vae_wan", "WanVAEConfig", "AutoencoderKLWan"),
-)}
-BY_CLASS_NAME = {f.class_name: f.name for f in FAMILIES.values()}
-
-
-def family_for_class(class_name: str | None, where: str) -> str:
-    if class_name not in BY_CLASS_NAME:
-        raise ValueError(f"{where}: unsupported model class {class_name!r}; "
-                         f"supported: {sorted(BY_CLASS_NAME)}")
-    return BY_CLASS_NAME[class_name]
+from .. import families
+from ..families import ModelKind
+from ..models_flax.build import abstract_split
 
 
 def canonical_dtype(dtype) -> np.dtype:
@@ -56,19 +30,28 @@ def canonical_dtype(dtype) -> np.dtype:
     return out
 
 
-def model_config(family: str, config: Any):
+def as_kind(model: ModelKind | str) -> ModelKind:
+    return model if isinstance(model, ModelKind) else families.get_model(model)
+
+
+def model_config(model: ModelKind | str, config: Any):
     """Our frozen config object from a dict (diffusers config.json layout) or a config object."""
-    config_cls, _ = FAMILIES[family].classes()
+    config_cls, _ = as_kind(model).classes()
     if isinstance(config, config_cls):
         return config
     if isinstance(config, Mapping):
         return config_cls.from_dict(config)
-    raise TypeError(f"config for {family} must be a dict or {config_cls.__name__}, got {type(config)}")
+    raise TypeError(f"config for {as_kind(model).name} must be a dict or {config_cls.__name__}, "
+                    f"got {type(config)}")
 
 
-def abstract_model(family: str, config: Any, dtype) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, state of ShapeDtypeStruct parameters) for the family's model; allocates nothing."""
-    _, model_cls = FAMILIES[family].classes()
-    cfg = model_config(family, config)
-    abstract = nnx.eval_shape(lambda: model_cls(cfg, param_dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0)))
-    return nnx.split(abstract)
+def abstract_model(model: ModelKind | str, config: Any, dtype):
+    """(graphdef, state of ShapeDtypeStruct parameters) of the kind's module; allocates nothing."""
+    _, model_cls = as_kind(model).classes()
+    return abstract_split(model_cls, model_config(model, config), dtype)
+
+
+def ignored_keys(model: ModelKind | str, keys: Iterable[str]) -> set[str]:
+    """The keys of a diffusers dir that diffusers itself ignores when loading this kind."""
+    patterns = [re.compile(p) for p in as_kind(model).ignored_keys]
+    return {k for k in keys if any(p.search(k) for p in patterns)}

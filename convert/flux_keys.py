@@ -139,6 +139,13 @@ def bfl_key_names(num_layers: int, num_single_layers: int, guidance_embeds: bool
     return keys
 
 
+def bfl_keymap(shapes: Mapping[str, tuple[int, ...]], config) -> tuple[dict[str, Take], list[str], set[str]]:
+    """The BFL layout's key map (families.Layout.keymap): (takes, unknown keys, missing BFL keys)."""
+    takes, unknown = bfl_takes(shapes, config.inner_dim)
+    missing = bfl_key_names(config.num_layers, config.num_single_layers, config.guidance_embeds) - set(shapes)
+    return takes, unknown, missing
+
+
 def _shape(shapes: Mapping[str, tuple[int, ...]], key: str, what: str) -> tuple[int, ...]:
     if key not in shapes:
         raise ValueError(f"cannot detect the Flux config: key {key!r} ({what}) is missing")

@@ -1,9 +1,9 @@
 """`load_model` and `convert`: read → rename → transform → place, one unit (block) at a time.
 
 A `Plan` ties the steps together for one torch checkpoint: the lazy reader (safetensors_io), the key
-map (identity for diffusers names minus the keys diffusers ignores, flux_keys for BFL/ComfyUI Flux
-files, wan_keys for ComfyUI Wan transformer / Wan VAE files, fp8 scales from transform), and
-the abstract model it must fill (families + place). Every key, missing parameter and shape is checked
+map (identity for diffusers names minus the keys diffusers ignores and with tied aliases resolved, or
+the single-file layout's keymap that the family registry names — flux_keys, vae_keys, wan_keys —,
+fp8 scales from transform), and the abstract model it must fill (families + place). Every key, missing parameter and shape is checked
 from headers alone before any tensor is read; then `Plan.units()` yields each block's arrays, which
 are either placed into the model (load) or written as one orbax item (convert, checkpoint.py).
 Runtime code: never imports torch or diffusers.
@@ -18,9 +18,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from flax import nnx
 
-from . import flux_keys, vae_keys, wan_keys
-from .detect import Source, inspect_path
-from .families import FAMILIES, abstract_model, canonical_dtype, family_for_class, model_config
+from .. import families
+from ..families import Layout, ModelKind
+from . import flux_keys, vae_keys
+from .detect import Source, class_name, inspect_path
+from .families import abstract_model, canonical_dtype, ignored_keys, model_config
 from .place import (Path as ParamPath, fill, partition_shardings, plan_placement, to_flax_layout,
                     unit_of)
 from .safetensors_io import FP8_DTYPES, SafetensorsReader
@@ -49,37 +51,49 @@ def _single_file_names(keys: list[str]) -> dict[str, str]:
     return {k: k for k in keys}
 
 
-def _detect_single_file(names: dict[str, tuple[int, ...]], path: Path, config: Any) -> tuple[str, dict | Any, str]:
-    """(family, config, layout) of a single file from its (prefix-stripped) key names and shapes."""
-    if flux_keys.is_bfl_flux(names):
-        return "flux", (config if config is not None else flux_keys.bfl_flux_config(names)), "bfl"
-    if wan_keys.is_comfy_wan(names):
-        return "wan", (config if config is not None else wan_keys.comfy_wan_config(names)), "comfy_wan"
-    if wan_keys.is_wan_vae(names):
-        return "vae_wan", (config if config is not None else wan_keys.wan_vae_config(names)), "wan_vae"
-    if vae_keys.is_ldm_vae(names):
-        return "vae_kl", (config if config is not None else vae_keys.ldm_vae_config(names)), "ldm_vae"
+def _detect_single_file(names: dict[str, tuple[int, ...]], path: Path, config: Any
+                        ) -> tuple[ModelKind, Any, Layout | None]:
+    """(model kind, config, layout or None for diffusers names) of a single file, from its
+    (prefix-stripped) key names and shapes: the first registered layout that recognises the keys."""
+    for model in families.all_models():
+        for layout in model.layouts:
+            if families.call(layout.detect, names):
+                return model, (config if config is not None else families.call(layout.config, names)), layout
     if config is not None:  # diffusers-named file with an explicit config
-        return _family_of_config(config, path), config, "diffusers"
-    if flux_keys.is_diffusers_flux(names):
-        return "flux", flux_keys.diffusers_flux_config(names), "diffusers"
+        return _kind_of_config(config, path), config, None
+    for model in families.all_models():
+        if model.diffusers_single_file and families.call(model.diffusers_single_file[0], names):
+            return model, families.call(model.diffusers_single_file[1], names), None
+    known = [f"{layout.description} (key {layout.detect_key!r})"
+             for model in families.all_models() for layout in model.layouts]
     raise ValueError(
         f"{path}: unrecognised single-file layout ({len(names)} keys, e.g. "
-        f"{', '.join(sorted(names)[:3])}); known: BFL/ComfyUI Flux transformer (key "
-        f"{flux_keys.DETECT_KEY!r}), diffusers-named Flux transformer (key "
-        f"{flux_keys.DIFFUSERS_DETECT_KEY!r}), LDM / BFL `ae` VAE (key {vae_keys.DETECT_KEY!r}), "
-        f"ComfyUI / original Wan transformer (key {wan_keys.DETECT_KEY!r}), Wan 2.1 VAE (key "
-        f"{wan_keys.VAE_DETECT_KEY!r}). "
-        "Otherwise pass config= or use a diffusers model directory.")
+        f"{', '.join(sorted(names)[:3])}); known: {'; '.join(known)}; or diffusers names with "
+        "config=. Otherwise pass config= or use a diffusers model directory.")
 
 
-def _family_of_config(config: Any, where: Path) -> str:
+def _kind_of_config(config: Any, where: Path) -> ModelKind:
     if isinstance(config, dict):
-        return family_for_class(config.get("_class_name"), f"{where} (config=)")
-    for name, family in FAMILIES.items():
-        if type(config) is family.classes()[0]:
-            return name
-    raise ValueError(f"{where}: cannot tell the model family of config {type(config).__name__}")
+        return families.model_for_class(class_name(config), f"{where} (config=)")
+    model = families.model_for_config(config)
+    if model is None:
+        raise ValueError(f"{where}: cannot tell the model family of config {type(config).__name__}")
+    return model
+
+
+def _tied(model: ModelKind, shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    """`{parameter key: stored alias}` for tied parameters stored only under their alias; a stored
+    alias whose parameter is stored too is the same tensor and is dropped from `shapes` (in place)."""
+    renamed = {}
+    for key, alias in model.tied:
+        if alias in shapes:
+            if key not in shapes:
+                renamed[key] = alias
+            elif tuple(shapes[key]) != tuple(shapes[alias]):
+                raise ValueError(f"tied tensors {key} {tuple(shapes[key])} and {alias} "
+                                 f"{tuple(shapes[alias])} differ in shape")
+            del shapes[alias]
+    return renamed
 
 
 def _default_dtype(infos: dict) -> np.dtype:
@@ -113,41 +127,30 @@ class Plan:
         self.scales, consumed = find_scales(self.stored)
         shapes = {n: reader.infos[k].shape for n, k in self.stored.items()
                   if n not in consumed}
+        layout = None
         if src.kind == "single_file":
-            self.family, config, layout = _detect_single_file(shapes, src.path, config)
+            self.model, config, layout = _detect_single_file(shapes, src.path, config)
         else:
-            self.family, layout = src.family, "diffusers"
+            self.model = families.get_model(src.family)
             config = src.config if config is None else config
-        self.config = model_config(self.family, config)
-        missing_keys = []
-        if layout == "bfl":
-            self.takes, unknown = flux_keys.bfl_takes(shapes, self.config.inner_dim)
-            c = self.config
-            missing_keys = flux_keys.bfl_key_names(c.num_layers, c.num_single_layers,
-                                                   c.guidance_embeds) - set(shapes)
-        elif layout == "ldm_vae":
-            renamed, unknown = vae_keys.ldm_vae_key_map(shapes, len(self.config.block_out_channels))
-            self.takes = {name: Take(key, matrix=vae_keys.is_attention_projection(key))
-                          for name, key in renamed.items()}
-        elif layout == "comfy_wan":
-            self.takes, unknown = wan_keys.comfy_wan_takes(shapes)
-            missing_keys = wan_keys.comfy_wan_key_names(self.config) - set(shapes)
-        elif layout == "wan_vae":
-            self.takes, unknown = wan_keys.wan_vae_takes(shapes)
-            missing_keys = wan_keys.wan_vae_key_names(self.config) - set(shapes)
-        else:
-            # diffusers names; keys diffusers itself ignores for this family are dropped (named list)
-            ignored = wan_keys.diffusers_ignored(self.family, shapes) if layout == "diffusers" else set()
-            self.takes, unknown = {n: Take(n) for n in shapes if n not in ignored}, []
+        self.family = self.model.name
+        self.config = model_config(self.model, config)
+        if layout is not None:
+            self.takes, unknown, missing_keys = families.call(layout.keymap, shapes, self.config)
+        else:  # diffusers names; keys diffusers itself ignores for this kind are dropped (named list)
+            tied = _tied(self.model, shapes)
+            ignored = ignored_keys(self.model, shapes)
+            self.takes = {n: Take(n) for n in shapes if n not in ignored}
+            self.takes.update({key: Take(alias) for key, alias in tied.items()})
+            unknown, missing_keys = [], []
         self.dtype = canonical_dtype(dtype) if dtype is not None else _default_dtype(
             {n: reader.infos[self.stored[n]] for n in shapes})
-        self.graphdef, self.state = abstract_model(self.family, self.config, self.dtype)
+        self.graphdef, self.state = abstract_model(self.model, self.config, self.dtype)
         self.params = {tuple(p): v for p, v in nnx.to_flat_state(self.state)}
         target_shapes = {key: take.shape(shapes[take.source]) for key, take in self.takes.items()}
-        model_cls = FAMILIES[self.family].model_class
         self.placement = plan_placement(target_shapes, self.params, unknown=unknown,
                                         missing_keys=missing_keys, source=str(src.path),
-                                        model=model_cls)
+                                        model=self.model.class_name)
 
     def __enter__(self) -> "Plan":
         return self
@@ -160,7 +163,7 @@ class Plan:
         return len(self.placement)
 
     def config_dict(self) -> dict:
-        return {"_class_name": FAMILIES[self.family].class_name, **self.config.to_dict()}
+        return {"_class_name": self.model.class_name, **self.config.to_dict()}
 
     def read(self, name: str) -> np.ndarray:
         """Source tensor `name` (logical, prefix-stripped), fp8 dequantised to float32."""

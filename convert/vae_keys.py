@@ -28,6 +28,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ..models_flax.vae_kl import DOWN_BLOCK, UP_BLOCK, AutoencoderKLConfig
+from .transform import Take
 
 VAE_PREFIXES = ("vae.", "first_stage_model.")  # full Flux/SD3 checkpoints; full SD1/SDXL checkpoints
 DETECT_KEYS = ("encoder.down.0.block.0.conv1.weight", "decoder.mid.block_1.conv1.weight")
@@ -177,6 +178,14 @@ def ldm_vae_key_map(keys: Iterable[str], num_up_blocks: int) -> tuple[dict[str, 
             continue
         renamed[name] = key
     return renamed, unknown
+
+
+def ldm_vae_keymap(shapes: Mapping[str, tuple[int, ...]], config) -> tuple[dict, list[str], set[str]]:
+    """The LDM VAE layout's key map (families.Layout.keymap): (takes, unknown keys, no missing list —
+    the model's own parameter names say what is missing)."""
+    renamed, unknown = ldm_vae_key_map(shapes, len(config.block_out_channels))
+    takes = {name: Take(key, matrix=is_attention_projection(key)) for name, key in renamed.items()}
+    return takes, unknown, set()
 
 
 def ldm_vae_state_dict(tensors: Mapping[str, np.ndarray], num_up_blocks: int) -> dict[str, np.ndarray]:

@@ -61,22 +61,6 @@ from .transform import Take
 
 MAX_LISTED = 5
 
-# ----------------------------------------------------------------------------- diffusers dirs
-
-# diffusers' WanTransformer3DModel `_keys_to_ignore_on_load_unexpected` (diffusers 0.42): regexes
-# searched in each key; matching keys are dropped without error (older conversions wrote a
-# `norm_added_q` the model never had). Mirrored here explicitly, per family.
-DIFFUSERS_IGNORED_UNEXPECTED: dict[str, tuple[str, ...]] = {
-    "wan": ("norm_added_q",),
-}
-
-
-def diffusers_ignored(family: str, keys: Iterable[str]) -> set[str]:
-    """The keys of a diffusers dir that diffusers itself ignores when loading `family`."""
-    patterns = [re.compile(p) for p in DIFFUSERS_IGNORED_UNEXPECTED.get(family, ())]
-    return {k for k in keys if any(p.search(k) for p in patterns)}
-
-
 # ----------------------------------------------------------------------------- transformer
 
 DETECT_KEY = "head.modulation"  # ComfyUI's model_detection tests for this key
@@ -176,6 +160,12 @@ def comfy_wan_key_names(config) -> set[str]:
             leaves = ("weight",) if module in BLOCK_NORMS else ("weight", "bias")
             keys |= {f"blocks.{i}.{module}.{leaf}" for leaf in leaves}
     return keys
+
+
+def comfy_wan_keymap(shapes: Mapping[str, tuple[int, ...]], config) -> tuple[dict[str, Take], list[str], set[str]]:
+    """The ComfyUI Wan layout's key map (families.Layout.keymap): (takes, unknown, missing keys)."""
+    takes, unknown = comfy_wan_takes(shapes)
+    return takes, unknown, comfy_wan_key_names(config) - set(shapes)
 
 
 def _as_dict(config) -> dict:
@@ -450,6 +440,12 @@ def wan_vae_config(shapes: Mapping[str, tuple[int, ...]]) -> dict:
     if wan22 and z == len(WAN22_LATENTS_MEAN):
         config.update(latents_mean=list(WAN22_LATENTS_MEAN), latents_std=list(WAN22_LATENTS_STD))
     return config
+
+
+def wan_vae_keymap(shapes: Mapping[str, tuple[int, ...]], config) -> tuple[dict[str, Take], list[str], set[str]]:
+    """The Wan VAE layout's key map (families.Layout.keymap): (takes, unknown, missing keys)."""
+    takes, unknown = wan_vae_takes(shapes)
+    return takes, unknown, wan_vae_key_names(config) - set(shapes)
 
 
 def wan_vae_key_names(config) -> set[str]:

@@ -14,7 +14,8 @@ from diffusers import AutoencoderKLWan as TorchAutoencoderKLWan
 from parity import max_diff, run_jitted
 from jaxdiff import load_model
 from jaxdiff.cli import main as jaxdiff_main
-from jaxdiff.convert import convert, wan_keys
+from jaxdiff.convert import convert
+from jaxdiff.convert.families import ignored_keys
 from jaxdiff.convert.checkpoint import read_meta
 from wan_fixtures import (I2V_TEXT_TOKENS, IMAGE_TOKENS, tiny_i2v_config, tiny_torch_wan,
                           tiny_wan_config, tiny_wan_inputs, torch_wan_forward)
@@ -76,7 +77,7 @@ def test_norm_added_q_is_ignored_like_diffusers(tmp_path):
     state = load_file(str(weights))
     state["blocks.0.attn2.norm_added_q.weight"] = torch.ones(24)
     save_file(state, str(weights), metadata={"format": "pt"})
-    assert wan_keys.diffusers_ignored("wan", state) == {"blocks.0.attn2.norm_added_q.weight"}
+    assert ignored_keys("wan", state) == {"blocks.0.attn2.norm_added_q.weight"}
     inputs = tiny_wan_inputs(tiny_i2v_config(), text_tokens=I2V_TEXT_TOKENS, image_tokens=IMAGE_TOKENS)
     assert max_diff(run_jitted(load_model(tmp_path), inputs), torch_wan_forward(model, inputs)) <= TOLERANCE
     # any other unknown key is still an error that names it
