@@ -4,6 +4,7 @@ Attribute names mirror diffusers module names, so `convert.place.load_state_dict
 state dict with no renames (`transformer_blocks.0.attn.to_out.0.weight` → `transformer_blocks[0]
 .attn.to_out[0].kernel`). Parameterless torch modules (Dropout, SiLU, GELU, the affine-free norms) are
 plain functions here; `ff.net[1]` (a Dropout) is a `None` slot so that `net.2` keeps its index.
+The FFN, timestep MLP, RoPE rotation and LayerNorm are `layers.py`'s, shared with Wan.
 
 Token order inside the blocks is [txt, img], like diffusers. Compute runs in the dtype of
 `hidden_states`; norms, RoPE and softmax run in float32.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from ..kernels.attention import attention
-from .layers import TOKENS, Linear, RMSNorm, shard_activation, timestep_projection
+from .layers import (TOKENS, ConfigIO, FeedForward, Linear, MLPEmbedding, RMSNorm, apply_rope,
+                     gelu_tanh, layer_norm, shard_activation, timestep_projection)
 
 ROPE_THETA = 10000.0
 TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep/guidance projection (diffusers `time_proj`)
@@ -34,7 +35,7 @@ EXACT_BITS = 12  # RoPE frequency head width: pos · head is exact in fp32 for |
 
 
 @dataclasses.dataclass(frozen=True)
-class FluxConfig:
+class FluxConfig(ConfigIO):
     """Field names and defaults of diffusers' `FluxTransformer2DModel` config.json."""
 
     patch_size: int = 1
@@ -52,17 +53,6 @@ class FluxConfig:
     @property
     def inner_dim(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "FluxConfig":
-        """Reads a diffusers config dict; unknown keys (`_class_name`, …) are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict in diffusers' layout (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 # ----------------------------------------------------------------------------- positional tables
@@ -98,32 +88,12 @@ def rope_tables(ids: jax.Array, axes_dims: tuple[int, ...]) -> tuple[jax.Array, 
             jnp.dot(sin, expand * sign, precision=jax.lax.Precision.HIGHEST))  # [S, D]
 
 
-def apply_rope(x: jax.Array, cos: jax.Array, signed_sin: jax.Array) -> jax.Array:
-    """diffusers `apply_rotary_emb(use_real_unbind_dim=-1)` on `[B, S, H, D]` with `rope_tables` output."""
-    x32 = x.astype(jnp.float32)
-    swapped = x32.reshape(*x.shape[:-1], -1, 2)[..., ::-1].reshape(x.shape)  # (x1, x0) per pair
-    out = x32 * cos[None, :, None, :] + swapped * signed_sin[None, :, None, :]
-    return out.astype(x.dtype)
-
-
 # ----------------------------------------------------------------------------- small layers
 
 
-def _gelu_tanh(x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=True)
-
-
-def _layer_norm(x: jax.Array) -> jax.Array:
-    """Affine-free LayerNorm(eps=1e-6), fp32 statistics."""
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    return ((x32 - mean) * jax.lax.rsqrt(var + NORM_EPS)).astype(x.dtype)
-
-
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-    """norm(x) · (1 + scale) + shift with per-sample `[B, D]` shift/scale."""
-    return _layer_norm(x) * (1 + scale[:, None]) + shift[:, None]
+    """Affine-free LayerNorm(x) · (1 + scale) + shift with per-sample `[B, D]` shift/scale."""
+    return layer_norm(x, NORM_EPS) * (1 + scale[:, None]) + shift[:, None]
 
 
 def _clip_fp16(x: jax.Array) -> jax.Array:
@@ -131,27 +101,16 @@ def _clip_fp16(x: jax.Array) -> jax.Array:
     return jnp.clip(x, -FP16_MAX, FP16_MAX) if x.dtype == jnp.float16 else x
 
 
-class TimestepEmbedding(nnx.Module):
-    """linear_1 → SiLU → linear_2 (diffusers `TimestepEmbedding` and `PixArtAlphaTextProjection`)."""
-
-    def __init__(self, in_features: int, dim: int, *, param_dtype, rngs: nnx.Rngs):
-        self.linear_1 = Linear(in_features, dim, axes=(None, "mlp"), param_dtype=param_dtype, rngs=rngs)
-        self.linear_2 = Linear(dim, dim, axes=("mlp", "embed"), param_dtype=param_dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.linear_2(jax.nn.silu(self.linear_1(x)))
-
-
 class TimeTextEmbed(nnx.Module):
     """diffusers `CombinedTimestep[Guidance]TextProjEmbeddings`: temb = t + [g] + pooled text."""
 
     def __init__(self, dim: int, pooled_dim: int, guidance_embeds: bool, *, param_dtype,
                  rngs: nnx.Rngs):
-        kw = dict(param_dtype=param_dtype, rngs=rngs)
-        self.timestep_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim, **kw)
+        kw = dict(act=jax.nn.silu, param_dtype=param_dtype, rngs=rngs)  # Flux's text projection is SiLU too
+        self.timestep_embedder = MLPEmbedding(TIMESTEP_CHANNELS, dim, **kw)
         if guidance_embeds:
-            self.guidance_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim, **kw)
-        self.text_embedder = TimestepEmbedding(pooled_dim, dim, **kw)
+            self.guidance_embedder = MLPEmbedding(TIMESTEP_CHANNELS, dim, **kw)
+        self.text_embedder = MLPEmbedding(pooled_dim, dim, **kw)
 
     def __call__(self, timestep: jax.Array, guidance: jax.Array | None,
                  pooled: jax.Array) -> jax.Array:
@@ -177,28 +136,6 @@ class AdaLayerNorm(nnx.Module):
     def __call__(self, temb: jax.Array, dtype=None) -> list[jax.Array]:
         emb = jax.nn.silu(temb).astype(dtype or temb.dtype)
         return jnp.split(self.linear(emb), self.n, axis=-1)  # n × [B, D]
-
-
-class FeedForward(nnx.Module):
-    """diffusers `FeedForward(activation_fn="gelu-approximate")`: net = [GELU(proj), Dropout, Linear]."""
-
-    def __init__(self, dim: int, *, param_dtype, rngs: nnx.Rngs):
-        kw = dict(param_dtype=param_dtype, rngs=rngs)
-        self.net = nnx.List([GELUProj(dim, MLP_RATIO * dim, **kw), None,  # None: Dropout slot
-                             Linear(MLP_RATIO * dim, dim, axes=("mlp", "embed"), **kw)])
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.net[2](self.net[0](x))
-
-
-class GELUProj(nnx.Module):
-    """diffusers `GELU(approximate="tanh")`: gelu(proj(x))."""
-
-    def __init__(self, dim: int, hidden: int, *, param_dtype, rngs: nnx.Rngs):
-        self.proj = Linear(dim, hidden, axes=("embed", "mlp"), param_dtype=param_dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return _gelu_tanh(self.proj(x))
 
 
 # ----------------------------------------------------------------------------- attention
@@ -280,8 +217,9 @@ class FluxTransformerBlock(nnx.Module):
         self.norm1 = AdaLayerNorm(dim, 6, **kw)
         self.norm1_context = AdaLayerNorm(dim, 6, **kw)
         self.attn = FluxAttention(dim, heads, head_dim, added_kv=True, pre_only=False, **kw)
-        self.ff = FeedForward(dim, **kw)
-        self.ff_context = FeedForward(dim, **kw)
+        # diffusers FeedForward(activation_fn="gelu-approximate"): dim → MLP_RATIO·dim → dim
+        self.ff = FeedForward(dim, MLP_RATIO * dim, approximate=True, **kw)
+        self.ff_context = FeedForward(dim, MLP_RATIO * dim, approximate=True, **kw)
 
     def __call__(self, img, txt, temb, rope):
         shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = self.norm1(temb)  # 6 × [B, D]
@@ -310,7 +248,7 @@ class FluxSingleTransformerBlock(nnx.Module):
         shift, scale, gate = self.norm(temb)  # 3 × [B, D]
         h = _modulate(x, shift, scale)
         attn = self.attn(h, rope)  # [B, S, N, H]
-        mlp = _gelu_tanh(self.proj_mlp(h))  # [B, S, 4D]
+        mlp = gelu_tanh(self.proj_mlp(h))  # [B, S, 4D]
         b, s, n, hd = attn.shape
         packed = jnp.concatenate([attn.reshape(b, s, n * hd), mlp], axis=-1)  # [B, S, 5D]
         return _clip_fp16(x + gate[:, None] * self.proj_out(packed))

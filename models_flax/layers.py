@@ -1,4 +1,9 @@
-"""Shared building blocks for every model: Linear, norms, convolutions, timestep embeddings, RoPE.
+"""Shared building blocks for every model.
+
+Holds: `Linear`, `Embed`; `layer_norm` / `LayerNorm`, `RMSNorm`, `GroupNorm`; `Conv`; `gelu_tanh`,
+`GELU`, `FeedForward` (diffusers' FFN); `timestep_projection`, `MLPEmbedding` (timestep/text MLP);
+`apply_rope`; `GaussianPosterior` (VAE mixin); `ConfigIO` (config dataclass ↔ config.json dict);
+`param`, `shard_activation` / `activation_sharding` (logical axis names).
 
 Conventions (the converter relies on them):
 - Attribute names mirror the diffusers module that a layer replaces, so a diffusers state-dict key
@@ -17,8 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +84,38 @@ class Linear(nnx.Module):
         return y
 
 
+class Embed(nnx.Module):
+    """Token embedding (torch `nn.Embedding`): `embedding` `[vocab, dim]`, rows looked up by id."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.embedding = param(_normal(rngs, (num_embeddings, embedding_dim), param_dtype),
+                               ("vocab", "embed"))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """`[...]` integer ids → `[..., dim]` rows, in the parameter dtype."""
+        return jnp.take(self.embedding[...], ids, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Tied output head: `[..., dim]` → `[..., vocab]` logits (x @ embeddingᵀ)."""
+        return jnp.einsum("...d,vd->...v", x, self.embedding[...].astype(x.dtype))
+
+
+def layer_norm(x: jax.Array, eps: float, scale: jax.Array | None = None,
+               bias: jax.Array | None = None) -> jax.Array:
+    """LayerNorm over the last axis with fp32 statistics and optional `[D]` affine, cast back to x's dtype."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+    if scale is not None:
+        y = y * scale.astype(jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
 class LayerNorm(nnx.Module):
     """LayerNorm over the last axis; `elementwise_affine=False` matches torch's affine-free norm."""
 
@@ -91,16 +129,8 @@ class LayerNorm(nnx.Module):
                      if elementwise_affine and use_bias else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        dtype = x.dtype
-        x = x.astype(jnp.float32)
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-        if self.scale is not None:
-            y = y * self.scale[...].astype(jnp.float32)
-        if self.bias is not None:
-            y = y + self.bias[...].astype(jnp.float32)
-        return y.astype(dtype)
+        return layer_norm(x, self.eps, None if self.scale is None else self.scale[...],
+                          None if self.bias is None else self.bias[...])
 
 
 class RMSNorm(nnx.Module):
@@ -187,6 +217,68 @@ def timestep_projection(t: jax.Array, dim: int, max_period: float = 10000.0) -> 
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)  # [N, dim]
 
 
+class MLPEmbedding(nnx.Module):
+    """linear_1 → act → linear_2 (diffusers `TimestepEmbedding` with SiLU, `PixArtAlphaTextProjection`
+    with tanh-GELU)."""
+
+    def __init__(self, in_features: int, dim: int, *, act: Callable[[jax.Array], jax.Array] = jax.nn.silu,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.act = act
+        self.linear_1 = Linear(in_features, dim, axes=(None, "mlp"), param_dtype=param_dtype, rngs=rngs)
+        self.linear_2 = Linear(dim, dim, axes=("mlp", "embed"), param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """torch `gelu(approximate="tanh")`."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+class GELU(nnx.Module):
+    """diffusers `GELU`: gelu(proj(x)), tanh-approximate or exact (erf)."""
+
+    def __init__(self, dim: int, hidden: int, *, approximate: bool = True,
+                 axes: Axes = ("embed", "mlp"), param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.approximate = approximate
+        self.proj = Linear(dim, hidden, axes=axes, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.gelu(self.proj(x), approximate=self.approximate)
+
+
+class FeedForward(nnx.Module):
+    """diffusers `FeedForward`: net = [GELU(proj), Dropout, Linear] (`gelu-approximate` or `gelu`).
+
+    `dim` → `hidden` → `dim_out` (default `dim`); `in_axis` names the input axis of `net[0].proj`.
+    `net[1]` (a Dropout) is a `None` slot so that `net[2]` keeps diffusers' index.
+    """
+
+    def __init__(self, dim: int, hidden: int, dim_out: int | None = None, *, approximate: bool = True,
+                 in_axis: str | None = "embed", param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, rngs=rngs)
+        self.net = nnx.List([
+            GELU(dim, hidden, approximate=approximate, axes=(in_axis, "mlp"), **kw),
+            None,  # Dropout slot
+            Linear(hidden, dim_out or dim, axes=("mlp", "embed"), **kw)])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.net[2](self.net[0](x))
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, signed_sin: jax.Array) -> jax.Array:
+    """diffusers `apply_rotary_emb(use_real_unbind_dim=-1)` on `[B, S, N, H]`, in fp32.
+
+    `cos`, `signed_sin` are `[S, H]` tables of interleaved pairs (a model's `rope_tables`), `signed_sin`
+    carrying the rotation's sign (−sin on even lanes), so the rotation is two multiplies and a pair swap.
+    """
+    x32 = x.astype(jnp.float32)
+    swapped = x32.reshape(*x.shape[:-1], -1, 2)[..., ::-1].reshape(x.shape)  # (x1, x0) per pair
+    out = x32 * cos[None, :, None, :] + swapped * signed_sin[None, :, None, :]
+    return out.astype(x.dtype)
+
+
 class GaussianPosterior:
     """Mixin for VAEs whose `encode(sample)` returns `(mean, logvar)` of a diagonal Gaussian and whose
     `decode(z)` maps a raw latent back to pixels."""
@@ -203,3 +295,18 @@ class GaussianPosterior:
         """A draw mean + std·ε from the posterior (diffusers `latent_dist.sample()`, JAX RNG)."""
         mean, logvar = self.encode(sample)
         return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+class ConfigIO:
+    """Mixin for frozen config dataclasses whose fields mirror a diffusers config.json."""
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]):
+        """Build from a config dict; unknown keys (`_class_name`, `_diffusers_version`, …) are ignored
+        and lists (JSON's only sequence) become tuples, so the config stays hashable."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict in diffusers' layout (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

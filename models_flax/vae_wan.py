@@ -20,14 +20,14 @@ kernels/.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from ..kernels.attention import attention
-from .layers import Conv, GaussianPosterior, param
+from .layers import ConfigIO, Conv, GaussianPosterior, param
 
 CACHE_T = 2  # frames a causal conv keeps from the previous chunk (its time padding)
 ENCODE_CHUNK_FRAMES = 4  # frames per encoder chunk after the first frame
@@ -66,7 +66,7 @@ WAN22_LATENTS_STD = (
 
 
 @dataclasses.dataclass(frozen=True)
-class WanVAEConfig:
+class WanVAEConfig(ConfigIO):
     """diffusers `AutoencoderKLWan` config.json fields, same names and defaults (the defaults are the
     Wan 2.1 VAE). `dropout` is accepted and ignored (inference only)."""
 
@@ -87,13 +87,9 @@ class WanVAEConfig:
     scale_factor_temporal: int | None = 4
     scale_factor_spatial: int | None = 8
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WanVAEConfig":
-        """From a config.json dict; unknown keys (`_class_name`, `_diffusers_version`, …) are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
-
     def to_dict(self) -> dict[str, Any]:
+        """Field values as stored (tuples stay tuples, unlike `ConfigIO.to_dict`): the VAE tests compare
+        them with `from_dict`'s tuples. `json.dumps` writes them as lists all the same."""
         return dataclasses.asdict(self)
 
 

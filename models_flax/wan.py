@@ -8,7 +8,7 @@ Attribute names mirror diffusers module names, so `convert.place.load_state_dict
 state dict with no renames (`blocks.0.attn1.to_q.weight` → `blocks[0].attn1.to_q.kernel`,
 `patch_embedding.weight` `[O, I, t, h, w]` → `patch_embedding.kernel` DHWIO). Parameterless torch
 modules are affine-free norms or functions; `ffn.net[1]` (a Dropout) is a `None` slot so that `net.2`
-keeps its index.
+keeps its index. The FFN, time/text MLPs and RoPE rotation are `layers.py`'s, shared with Flux.
 
 Compute runs in the dtype of `hidden_states`; the time embedder, modulation, norms, RoPE and softmax
 run in float32 (diffusers' `_keep_in_fp32_modules`). Imports only jax/flax, `layers` and `kernels`.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,8 @@ import numpy as np
 from flax import nnx
 
 from ..kernels.attention import attention
-from .layers import TOKENS, Conv, LayerNorm, Linear, RMSNorm, param, shard_activation, timestep_projection
+from .layers import (TOKENS, ConfigIO, Conv, FeedForward, LayerNorm, Linear, MLPEmbedding, RMSNorm,
+                     apply_rope, gelu_tanh, param, shard_activation, timestep_projection)
 
 ROPE_THETA = 10000.0
 NUM_MODULATIONS = 6  # shift/scale/gate for self-attention and for the FFN
@@ -34,7 +34,7 @@ IMAGE_NORM_EPS = 1e-5  # diffusers FP32LayerNorm default inside WanImageEmbeddin
 
 
 @dataclasses.dataclass(frozen=True)
-class WanConfig:
+class WanConfig(ConfigIO):
     """Field names and defaults of diffusers' `WanTransformer3DModel` config.json."""
 
     patch_size: tuple[int, int, int] = (1, 2, 2)
@@ -69,17 +69,6 @@ class WanConfig:
     def output_channels(self) -> int:
         """diffusers' `out_channels or in_channels`."""
         return self.out_channels or self.in_channels
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WanConfig":
-        """Reads a diffusers config dict; unknown keys (`_class_name`, `window_size`, …) are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict in diffusers' layout (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 # ----------------------------------------------------------------------------- positional tables
@@ -120,59 +109,7 @@ def rope_tables(grid: tuple[int, int, int], head_dim: int,
     return on_grid(cos_axes), on_grid(sin_axes)
 
 
-def apply_rope(x: jax.Array, cos: jax.Array, signed_sin: jax.Array) -> jax.Array:
-    """Wan's `apply_rotary_emb` on `[B, S, N, H]` with `rope_tables` output, in fp32."""
-    x32 = x.astype(jnp.float32)
-    swapped = x32.reshape(*x.shape[:-1], -1, 2)[..., ::-1].reshape(x.shape)  # (x1, x0) per pair
-    out = x32 * cos[None, :, None, :] + swapped * signed_sin[None, :, None, :]
-    return out.astype(x.dtype)
-
-
 # ----------------------------------------------------------------------------- small layers
-
-
-class GELU(nnx.Module):
-    """diffusers `GELU`: gelu(proj(x)), tanh-approximate or exact (erf)."""
-
-    def __init__(self, dim: int, hidden: int, *, approximate: bool, axes, param_dtype,
-                 rngs: nnx.Rngs):
-        self.approximate = approximate
-        self.proj = Linear(dim, hidden, axes=axes, param_dtype=param_dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return jax.nn.gelu(self.proj(x), approximate=self.approximate)
-
-
-class FeedForward(nnx.Module):
-    """diffusers `FeedForward`: net = [GELU(proj), Dropout, Linear] (`gelu-approximate` or `gelu`)."""
-
-    def __init__(self, dim: int, hidden: int, dim_out: int | None = None, *, approximate: bool = True,
-                 in_axis: str | None = "embed", param_dtype, rngs: nnx.Rngs):
-        kw = dict(param_dtype=param_dtype, rngs=rngs)
-        self.net = nnx.List([
-            GELU(dim, hidden, approximate=approximate, axes=(in_axis, "mlp"), **kw),
-            None,  # Dropout slot
-            Linear(hidden, dim_out or dim, axes=("mlp", "embed"), **kw)])
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.net[2](self.net[0](x))
-
-
-class MLPEmbedding(nnx.Module):
-    """linear_1 → act → linear_2 (diffusers `TimestepEmbedding` with SiLU, `PixArtAlphaTextProjection`
-    with tanh-GELU)."""
-
-    def __init__(self, in_features: int, dim: int, *, act, param_dtype, rngs: nnx.Rngs):
-        self.act = act
-        self.linear_1 = Linear(in_features, dim, axes=(None, "mlp"), param_dtype=param_dtype, rngs=rngs)
-        self.linear_2 = Linear(dim, dim, axes=("mlp", "embed"), param_dtype=param_dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.linear_2(self.act(self.linear_1(x)))
-
-
-def _gelu_tanh(x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=True)
 
 
 class WanImageEmbedding(nnx.Module):
@@ -207,7 +144,7 @@ class WanTimeTextImageEmbedding(nnx.Module):
         self.freq_dim = c.freq_dim
         self.time_embedder = MLPEmbedding(c.freq_dim, dim, act=jax.nn.silu, **kw)
         self.time_proj = Linear(dim, NUM_MODULATIONS * dim, axes=("embed", None), **kw)
-        self.text_embedder = MLPEmbedding(c.text_dim, dim, act=_gelu_tanh, **kw)
+        self.text_embedder = MLPEmbedding(c.text_dim, dim, act=gelu_tanh, **kw)
         self.image_embedder = (WanImageEmbedding(c.image_dim, dim, c.pos_embed_seq_len, **kw)
                                if c.image_dim is not None else None)
 

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from typing import Any, Mapping
+
+from ..models_flax.layers import ConfigIO
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
 
-class SchedulerConfigIO:
-    """Mixin for frozen dataclasses whose fields mirror a diffusers scheduler config."""
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]):
-        """Build from a config dict; unknown keys (`_class_name`, `_diffusers_version`, …) are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names})
+class SchedulerConfigIO(ConfigIO):
+    """Mixin for frozen dataclasses whose fields mirror a diffusers scheduler config: `ConfigIO`'s
+    `from_dict`/`to_dict` plus `from_json`."""
 
     @classmethod
     def from_json(cls, path: str | os.PathLike):
