@@ -26,19 +26,23 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
+from jax.sharding import AxisType, PartitionSpec as P
 
 from .attention import AttentionOptions, local_attention
 
 
 def seq_mesh(options: AttentionOptions):
     """The mesh to split over, or None when sequence parallelism is inactive (no mesh, or the mesh has
-    no `seq_axis` / it has size 1)."""
+    no `seq_axis` / it has size 1). A given mesh is taken with Auto axis types (as sharding.auto_axes;
+    kernels import jax only): on Explicit ones (plain `jax.make_mesh`) shard_map would demand that q/k/v
+    already carry its in_specs as types, but ours are placed GSPMD-style."""
     mesh = options.mesh
     if mesh is None:
         mesh = jax.sharding.get_abstract_mesh()
         if mesh is None or mesh.empty:
             return None
+    elif any(t != AxisType.Auto for t in mesh.axis_types):
+        mesh = mesh.update(axis_types=(AxisType.Auto,) * len(mesh.axis_names))
     if mesh.shape.get(options.seq_axis, 1) <= 1:
         return None
     return mesh

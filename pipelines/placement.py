@@ -20,7 +20,7 @@ import numpy as np
 
 from ..kernels.attention import AttentionOptions, attention_options
 from ..models_flax.layers import activation_sharding
-from ..sharding.mesh import activation_constraint, logical_sharding
+from ..sharding.mesh import activation_constraint, auto_axes, logical_sharding
 
 
 class Placement:
@@ -29,7 +29,7 @@ class Placement:
     `()` replicates the whole array). Shared by the Flux and Wan pipelines."""
 
     def __init__(self, mesh=None):
-        self.mesh = mesh
+        self.mesh = None if mesh is None else auto_axes(mesh)  # a plain jax.make_mesh one is Explicit
 
     def put(self, x, axes=()):
         """`x` (host or device) as a jax array placed for `axes`."""
@@ -58,7 +58,9 @@ def to_host(x) -> np.ndarray:
 @contextlib.contextmanager
 def attention_context(attention: str | None, sequence_parallel: str | None, mesh):
     """`attention_options(...)` with only the given fields (an outer context keeps the rest), and with
-    a mesh the models' token streams constrained by the sharding rules (`("batch", "seq", None)`)."""
+    a mesh the models' token streams constrained by the sharding rules (`("batch", "seq", None)`).
+    The mesh is taken with Auto axis types (`sharding.auto_axes`), as the parameters are placed."""
+    mesh = None if mesh is None else auto_axes(mesh)
     changes = {name: value for name, value in (("implementation", attention),
                                                ("sequence_parallel", sequence_parallel),
                                                ("mesh", mesh)) if value is not None}

@@ -4,6 +4,9 @@
 - `make_mesh(spec, devices=None)` → a `jax.sharding.Mesh` with Auto axis types (GSPMD-style
   propagation from annotated inputs/params; `jax.make_mesh` defaults to Explicit here), checked
   against the device count; one axis may be `-1` ("the rest of the devices").
+- `auto_axes(mesh)`: the same mesh with Auto axis types. Every function here that places or
+  annotates by a mesh applies it, so a mesh from plain `jax.make_mesh` (Explicit axes, under which a
+  sharded contraction is a type error) works like one from `make_mesh`.
 - `partition_specs` / `named_shardings` / `logical_sharding`: logical names (`embed`, `heads`, …,
   see rules.py) → mesh `PartitionSpec`s, dropping mesh axes the mesh lacks and axes that do not
   divide a dimension (that dimension is then replicated); matrices the rules leave off `fsdp` are
@@ -120,6 +123,18 @@ def make_mesh(spec: str | Mapping[str, int], devices: Sequence[jax.Device] | Non
     return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
 
+def auto_axes(mesh: Mesh) -> Mesh:
+    """`mesh` (same devices and axis names) with every axis of type Auto; `mesh` itself when it is.
+
+    Our parameter shardings and activation annotations are GSPMD-style hints; on Explicit axes (what
+    `jax.make_mesh` gives by default) jax instead types every array by its sharding and refuses a
+    matmul whose contracting dimension is sharded, so meshes are converted where they enter.
+    """
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return mesh.update(axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
 # ----------------------------------------------------------------------------- logical → mesh
 
 
@@ -181,7 +196,7 @@ def logical_to_mesh_spec(axes: Sequence[str | None], mesh: Mesh, rules: Rules = 
 def logical_sharding(axes: Sequence[str | None], mesh: Mesh, rules: Rules = DEFAULT_RULES,
                      shape: Sequence[int] | None = None) -> NamedSharding:
     """`NamedSharding` for an activation with logical `axes`, e.g. inputs `("batch", None, None)`."""
-    return NamedSharding(mesh, logical_to_mesh_spec(axes, mesh, rules, shape))
+    return NamedSharding(auto_axes(mesh), logical_to_mesh_spec(axes, mesh, rules, shape))
 
 
 def partition_specs(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES, *,
@@ -211,7 +226,8 @@ def partition_specs(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES, 
 def named_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES, *,
                     fallback_axis: str | None = FSDP_FALLBACK_AXIS) -> dict[Path, NamedSharding]:
     """`{path: NamedSharding}` for every variable in `state` (what `convert/place.partition_shardings`
-    computes, plus divisibility checks and the FSDP fallback)."""
+    computes, plus divisibility checks and the FSDP fallback), on `auto_axes(mesh)`."""
+    mesh = auto_axes(mesh)
     return {p: NamedSharding(mesh, s)
             for p, s in partition_specs(state, mesh, rules, fallback_axis=fallback_axis).items()}
 
@@ -219,6 +235,8 @@ def named_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES, 
 def activation_constraint(mesh: Mesh, rules: Rules = DEFAULT_RULES):
     """`constrain(x, logical_axes)` for `models_flax.layers.activation_sharding`: a sharding constraint
     by the rules, fitted to `x`'s shape (axes that do not divide a dimension are dropped)."""
+    mesh = auto_axes(mesh)
+
     def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
         return jax.lax.with_sharding_constraint(x, logical_sharding(axes, mesh, rules, shape=x.shape))
     return constrain
