@@ -28,7 +28,7 @@ Imports models_flax (types only at run time), schedulers, sharding, kernels; nev
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,14 +38,15 @@ from flax import nnx
 from ..schedulers import flow_match, unipc
 from ..schedulers.flow_match import FlowMatchEulerConfig
 from ..schedulers.unipc import WAN_SCHEDULER_CONFIG, UniPCConfig
-from .compile_cache import CompileStats, track_compiles
+from .compile_cache import CompileStats
+from .inputs import check_denoise, param_dtype, pixels_at, pixels_in
+from .loop import ProgressCallback, add_noise, check_steps, denoise_loop
 from .placement import Placement, attention_context, check_attention_args, to_host, vae_attention_context
 
 # diffusers' Wan 2.2 A14B model_index.json boundary_ratio values.
 WAN22_T2V_BOUNDARY_RATIO = 0.875
 WAN22_I2V_BOUNDARY_RATIO = 0.9
 
-ProgressCallback = Callable[[int, int], None]
 # Logical axes of latents `[B, z, T', h, w]`: batch over data/fsdp; latent frames (the outermost
 # part of the token order f, h, w) over seq where they divide.
 LATENT_AXES = ("batch", None, "seq", None, None)
@@ -66,14 +67,6 @@ class EulerState(NamedTuple):
 
     sigmas: jax.Array  # [N+1] float32
     step_index: jax.Array  # [] int32
-
-
-def _param_dtype(module: nnx.Module):
-    """The dtype of the module's floating-point parameters (its compute dtype here)."""
-    for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)):
-        if jnp.issubdtype(leaf.dtype, jnp.floating):
-            return leaf.dtype
-    return jnp.float32
 
 
 def _latent_stats(vae) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +111,8 @@ class WanPipeline:
                  expand_timesteps: bool = False, mesh=None, attention: str | None = None,
                  sequence_parallel: str | None = None):
         check_attention_args(attention, sequence_parallel)
-        self.mesh, self.attention, self.sequence_parallel = mesh, attention, sequence_parallel
         self.placement = Placement(mesh)
+        self.mesh, self.attention, self.sequence_parallel = self.placement.mesh, attention, sequence_parallel
         self.compile_stats: CompileStats | None = None
         if not isinstance(scheduler_config, (UniPCConfig, FlowMatchEulerConfig)):
             raise ValueError("scheduler_config must be a UniPCConfig or FlowMatchEulerConfig, got "
@@ -152,7 +145,7 @@ class WanPipeline:
             raise ValueError(f"transformer in_channels {config.in_channels} fits neither text-to-video "
                              f"({t2v} = VAE z_dim) nor image-to-video ({i2v} = 2 × {t2v} latent + "
                              f"{self.vae_scale_factor_temporal} mask channels)")
-        self.dtype, self.vae_dtype = _param_dtype(transformer), _param_dtype(vae)
+        self.dtype, self.vae_dtype = param_dtype(transformer), param_dtype(vae)
         self.latents_mean, self.latents_inv_std = _latent_stats(vae)
 
         experts = [transformer] + ([transformer_2] if transformer_2 is not None else [])
@@ -263,115 +256,55 @@ class WanPipeline:
 
     # -- host-side helpers
 
-    def schedule(self, num_inference_steps: int, latent_shape) -> tuple[np.ndarray, object]:
-        """(model-facing timesteps `[N]` float32, initial scheduler state)."""
+    def schedule(self, num_inference_steps: int | None, latent_shape, *, start_step: int = 0,
+                 sigmas=None) -> tuple[np.ndarray, object]:
+        """(model-facing timesteps `[N]` float32, scheduler state ready for step `start_step`).
+
+        `sigmas`: a full table `[N+1]` ending in 0 (e.g. ComfyUI's) instead of the config's N-step
+        schedule; the model then sees `sigma · num_train_timesteps`."""
         cfg = self.scheduler_config
-        if isinstance(cfg, UniPCConfig):
+        if sigmas is not None:
+            table = np.asarray(sigmas, np.float32)
+            if table.ndim != 1 or len(table) < 2:
+                raise ValueError(f"sigmas must be a table [N+1] ending in 0, got shape {table.shape}")
+            timesteps = table[:-1] * np.float32(cfg.num_train_timesteps)
+        elif isinstance(cfg, UniPCConfig):
             schedule = unipc.set_timesteps(cfg, num_inference_steps)
-            state = unipc.init_state(cfg, schedule.sigmas, latent_shape)
+            table, timesteps = schedule.sigmas, schedule.timesteps
         else:
             schedule = flow_match.set_timesteps(cfg, num_inference_steps)
-            state = EulerState(jnp.asarray(schedule.sigmas), jnp.zeros((), jnp.int32))
+            table, timesteps = schedule.sigmas, schedule.timesteps
+        if isinstance(cfg, UniPCConfig):
+            state = unipc.init_state(cfg, table, latent_shape, begin_index=start_step)
+        else:
+            state = EulerState(jnp.asarray(table), jnp.asarray(start_step, jnp.int32))
         # diffusers hands the transformer the int64 (UniPC) / float32 (Euler) timestep as is; the
         # model computes in float32, exact for these integers.
-        return np.asarray(schedule.timesteps).astype(np.float32), state
+        return np.asarray(timesteps).astype(np.float32), state
 
-    def _image_pixels(self, image, batch: int, height: int, width: int) -> np.ndarray:
-        """`[H, W, 3]` or `[B', H, W, 3]` (float 0..1 or uint8) → `[B', 3, 1, H, W]` in −1..1."""
-        image = np.asarray(image)
-        if image.ndim == 3:
-            image = image[None]
-        if image.ndim != 4 or image.shape[-1] != 3 or image.shape[0] not in (1, batch):
-            raise ValueError(f"image must be [H, W, 3] or [1 or {batch}, H, W, 3], got {image.shape}")
-        if image.shape[1:3] != (height, width):
-            raise ValueError(f"image is {image.shape[1]}×{image.shape[2]}, the video {height}×{width}; "
-                             "resize it first")
-        if image.dtype == np.uint8:
-            image = image.astype(np.float32) / np.float32(255)
-        image = image.astype(np.float32)
-        if not np.isfinite(image).all():
-            raise ValueError("image contains NaN or inf")
-        pixels = image * np.float32(2) - np.float32(1)  # diffusers' normalize: 2x − 1
-        return pixels.transpose(0, 3, 1, 2)[:, :, None]  # [B', 3, 1, H, W]
+    @staticmethod
+    def start_step(num_inference_steps: int, denoise: float) -> int:
+        """First step of a video-to-video run (diffusers WanVideoToVideoPipeline's `strength` rule)."""
+        denoise = check_denoise(denoise)
+        return max(num_inference_steps - min(int(num_inference_steps * denoise), num_inference_steps), 0)
 
-    def _encode_condition(self, pixels: np.ndarray, batch: int, num_frames: int) -> jax.Array:
-        """Normalised latents of `[image, zeros…]` (or of the image alone for TI2V), `[B, z, T, h, w]`."""
-        video = pixels
-        if not self.expand_timesteps:
-            zeros = np.zeros((*pixels.shape[:2], num_frames - 1, *pixels.shape[3:]), np.float32)
-            video = np.concatenate([pixels, zeros], axis=2)  # [B', 3, F, H, W]
-        z = self.vae.encode_mode(jnp.asarray(video, self.vae_dtype)).astype(jnp.float32)
-        if z.shape[0] != batch:
-            z = jnp.repeat(z, batch, axis=0)
-        return (z - self.latents_mean) * self.latents_inv_std
-
-    def decode(self, latents: jax.Array) -> np.ndarray:
-        """Model-space latents `[B, z, T', h, w]` → frames `[B, F, H, W, 3]` float32 0..1."""
-        z = latents.astype(jnp.float32) / self.latents_inv_std + self.latents_mean
-        with vae_attention_context():
-            video = self.vae.decode(z.astype(self.vae_dtype)).astype(jnp.float32)  # [B, 3, F, H, W]
-        video = jnp.clip(video * 0.5 + 0.5, 0.0, 1.0)
-        return to_host(video.transpose(0, 2, 3, 4, 1))
-
-    def _expert_for(self, timestep: float, boundary: float | None) -> int:
-        return 0 if boundary is None or timestep >= boundary else 1
-
-    # -- driver
-
-    def __call__(self, prompt_embeds, negative_prompt_embeds=None, *, image=None, image_embeds=None,
-                 height: int = 480, width: int = 832, num_frames: int = 81,
-                 num_inference_steps: int = 50, guidance_scale: float = 5.0,
-                 guidance_scale_2: float | None = None, seed: int = 0, latents=None,
-                 output_type: str = "np", callback: ProgressCallback | None = None
-                 ) -> WanPipelineOutput:
-        """Sample videos.
-
-        Args:
-            prompt_embeds: `[B, S_txt, text_dim]` UMT5 embeddings (diffusers pads to 512 tokens).
-            negative_prompt_embeds: `[B, S_neg, text_dim]`; required when `guidance_scale > 1`.
-            image: first frame for I2V, `[H, W, 3]` or `[1 or B, H, W, 3]`, float 0..1 or uint8, at
-                the output size.
-            image_embeds: CLIP-vision features `[1 or B, S_img, image_dim]` (Wan 2.1 I2V only;
-                required when the transformer has `image_dim`).
-            height, width: pixels, multiples of `size_multiple`.
-            num_frames: 4k + 1.
-            num_inference_steps: N.
-            guidance_scale: CFG scale (the high-noise expert's for A14B); CFG runs when > 1.
-            guidance_scale_2: the low-noise expert's (default `guidance_scale`); two experts only.
-            seed: noise seed when `latents` is None.
-            latents: initial noise `[B, z, T', h, w]`.
-            output_type: "np" (decode) or "latent".
-            callback: called as `callback(steps_done, N)` after each finished step.
-        Returns:
-            WanPipelineOutput(frames `[B, F, H, W, 3]` float32 0..1, latents `[B, z, T', h, w]`).
-        """
-        # -- validate everything before any compute
-        if output_type not in ("np", "latent"):
-            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
-        num_inference_steps = _as_int(num_inference_steps, "num_inference_steps")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        self.check_inputs(height, width, num_frames)
-        two_experts = self.transformer_2 is not None
-        if guidance_scale_2 is not None and not two_experts:
-            raise ValueError("guidance_scale_2 is only for two experts (transformer_2 and "
-                             "boundary_ratio)")
+    def check_conditioning(self, prompt_embeds, negative_prompt_embeds=None, image_embeds=None, *,
+                           guidance_scale: float = 5.0, image_given: bool = False):
+        """(prompt_embeds, negative_prompt_embeds or None without guidance, image_embeds or None) as
+        float32 arrays; ValueError naming what is missing or mis-shaped for this transformer."""
         config = self.transformer.config
-        i2v = image is not None
-        if i2v and config.in_channels != self._i2v_channels():
+        if image_given and config.in_channels != self._i2v_channels():
             raise ValueError(f"image given, but the transformer has in_channels {config.in_channels}: "
                              f"a text-to-video model (image-to-video needs {self._i2v_channels()})")
-        if not i2v and config.in_channels != self.num_channels_latents:
+        if not image_given and config.in_channels != self.num_channels_latents:
             raise ValueError(f"the transformer has in_channels {config.in_channels}: an image-to-video "
                              f"model (text-to-video needs {self.num_channels_latents}); pass image=")
-
         prompt_embeds = jnp.asarray(prompt_embeds, jnp.float32)
         if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != config.text_dim:
             raise ValueError(f"prompt_embeds must be [B, S_txt, {config.text_dim}], got "
                              f"{prompt_embeds.shape}")
         batch = prompt_embeds.shape[0]
-        do_cfg = guidance_scale > 1.0
-        if do_cfg:
+        if guidance_scale > 1.0:
             if negative_prompt_embeds is None:
                 raise ValueError(f"guidance_scale={guidance_scale} > 1 needs negative_prompt_embeds "
                                  "(e.g. the encoded empty prompt), or use guidance_scale <= 1")
@@ -382,100 +315,270 @@ class WanPipeline:
                                  f"got {negative_prompt_embeds.shape}")
         else:
             negative_prompt_embeds = None
-
         if config.image_dim is None:
             if image_embeds is not None:
                 raise ValueError("image_embeds given, but the transformer has no image_dim (only Wan "
                                  "2.1 I2V takes CLIP-vision features)")
-        else:
-            if not i2v:
-                raise ValueError("the transformer takes CLIP-vision image_embeds (Wan 2.1 I2V); pass "
-                                 "image= and image_embeds=")
-            if image_embeds is None:
-                raise ValueError(f"image_embeds [1 or {batch}, S_img, {config.image_dim}] are required: "
-                                 "the transformer has image_dim (CLIP-vision features of the image)")
-            image_embeds = jnp.asarray(image_embeds, jnp.float32)
-            if (image_embeds.ndim != 3 or image_embeds.shape[0] not in (1, batch)
-                    or image_embeds.shape[-1] != config.image_dim):
-                raise ValueError(f"image_embeds must be [1 or {batch}, S_img, {config.image_dim}], got "
-                                 f"{image_embeds.shape}")
-            image_embeds = jnp.broadcast_to(image_embeds, (batch, *image_embeds.shape[1:]))
+            return prompt_embeds, negative_prompt_embeds, None
+        if not image_given:
+            raise ValueError("the transformer takes CLIP-vision image_embeds (Wan 2.1 I2V); pass "
+                             "image= and image_embeds=")
+        if image_embeds is None:
+            raise ValueError(f"image_embeds [1 or {batch}, S_img, {config.image_dim}] are required: "
+                             "the transformer has image_dim (CLIP-vision features of the image)")
+        image_embeds = jnp.asarray(image_embeds, jnp.float32)
+        if (image_embeds.ndim != 3 or image_embeds.shape[0] not in (1, batch)
+                or image_embeds.shape[-1] != config.image_dim):
+            raise ValueError(f"image_embeds must be [1 or {batch}, S_img, {config.image_dim}], got "
+                             f"{image_embeds.shape}")
+        return (prompt_embeds, negative_prompt_embeds,
+                jnp.broadcast_to(image_embeds, (batch, *image_embeds.shape[1:])))
 
-        shape = self.latent_shape(batch, height, width, num_frames)
-        if latents is None:
-            latents = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
-        else:
-            latents = jnp.asarray(latents, jnp.float32)
-            if latents.shape != shape:
-                raise ValueError(f"latents must be {shape} [B, z, T', h, w], got {latents.shape}")
-        pixels = self._image_pixels(image, batch, height, width) if i2v else None
+    def _encode(self, pixels: np.ndarray) -> jax.Array:
+        """`[B, 3, F, H, W]` in −1..1 → raw latents `[B, z, T', h, w]` float32 (posterior mode)."""
+        return self.vae.encode_mode(jnp.asarray(pixels, self.vae_dtype)).astype(jnp.float32)
 
-        # -- conditioning
+    def encode_video(self, video) -> jax.Array:
+        """Frames `[F, H, W, 3]` / `[B, F, H, W, 3]` (float 0..1 or uint8; F = 4k + 1, sizes multiples
+        of `size_multiple`) → raw VAE latents `[B, z, T', h, w]` float32."""
+        video = np.asarray(video)
+        pixels = pixels_in(video[None] if video.ndim == 4 else video, "video")  # [B, 3, F, H, W]
+        if pixels.ndim != 5:
+            raise ValueError(f"video must be [F, H, W, 3] or [B, F, H, W, 3], got {video.shape}")
+        self.check_inputs(pixels.shape[3], pixels.shape[4], pixels.shape[2])
+        return self._encode(pixels)
+
+    def to_model(self, latents) -> jax.Array:
+        """Raw VAE latents → the transformer's (normalised) space: (z − mean) · (1/std)."""
+        return (jnp.asarray(latents, jnp.float32) - self.latents_mean) * self.latents_inv_std
+
+    def to_raw(self, latents) -> jax.Array:
+        """The transformer's latents → raw VAE latents: z / (1/std) + mean (as diffusers)."""
+        return jnp.asarray(latents, jnp.float32) / self.latents_inv_std + self.latents_mean
+
+    def prepare_latents(self, batch: int, height: int, width: int, num_frames: int, seed: int) -> jax.Array:
+        """N(0, 1) noise `[B, z, T', h, w]` from `seed`."""
+        return jax.random.normal(jax.random.key(seed), self.latent_shape(batch, height, width, num_frames),
+                                 jnp.float32)
+
+    def image_condition(self, image, batch: int, height: int, width: int, num_frames: int):
+        """(condition, frame_mask, token_mask) the denoise step takes for a first frame `image`
+        (None: text-to-video), placed: I2V `[B, 4 + z, T', h, w]` mask + image latents on channels;
+        TI2V (`expand_timesteps`) the image latents `[B, z, 1, h, w]`, the frame mask and per-token
+        timestep mask `[S]`."""
+        config = self.transformer.config
+        _, _, t_lat, h_lat, w_lat = self.latent_shape(batch, height, width, num_frames)
         condition = frame_mask = token_mask = None
-        _, t_lat, h_lat, w_lat = shape[1:]
         if self.expand_timesteps:
             mask = np.ones((1, 1, t_lat, h_lat, w_lat), np.float32)
-            if i2v:
+            if image is not None:
                 mask[:, :, 0] = 0.0  # the encoded image is frame 0, at timestep 0
                 frame_mask = jnp.asarray(mask)
             _, ph, pw = config.patch_size
             token_mask = jnp.asarray(mask[0, 0, :, ::ph, ::pw].reshape(-1))  # [S], (f, h, w) order
-        if i2v:
-            latent_condition = self._encode_condition(pixels, batch, num_frames)
+        if image is not None:
+            pixels = pixels_in(pixels_at(image, batch, height, width))[:, :, None]  # [B, 3, 1, H, W]
+            if not self.expand_timesteps:
+                zeros = np.zeros((*pixels.shape[:2], num_frames - 1, *pixels.shape[3:]), np.float32)
+                pixels = np.concatenate([pixels, zeros], axis=2)  # [B, 3, F, H, W]
+            latent_condition = self.to_model(self._encode(pixels))
             if self.expand_timesteps:
                 condition = latent_condition  # [B, z, 1, h, w]
             else:
-                mask = np.zeros((batch, self.vae_scale_factor_temporal, t_lat, h_lat, w_lat),
-                                np.float32)
+                mask = np.zeros((batch, self.vae_scale_factor_temporal, t_lat, h_lat, w_lat), np.float32)
                 mask[:, :, 0] = 1.0  # frame 0 packed 4×: all four mask channels of latent frame 0
                 condition = jnp.concatenate([jnp.asarray(mask), latent_condition], axis=1)
-
-        # -- placement (on one device, or on the mesh by logical axes)
         put = self.placement.put
-        timesteps, sched = self.schedule(num_inference_steps, shape)
+        return (None if condition is None else put(condition, LATENT_AXES)), put(frame_mask), put(token_mask)
+
+    def _experts(self, image_given: bool, guidance_scale: float, guidance_scale_2: float | None):
+        """(switch timestep or None, guidance per expert); validates `guidance_scale_2`."""
+        if self.transformer_2 is None:
+            if guidance_scale_2 is not None:
+                raise ValueError("guidance_scale_2 is only for two experts (transformer_2 and "
+                                 "boundary_ratio)")
+            return None, (guidance_scale,)
+        ratio = self.boundary_ratio
+        if ratio is None:
+            ratio = WAN22_I2V_BOUNDARY_RATIO if image_given else WAN22_T2V_BOUNDARY_RATIO
+        second = guidance_scale if guidance_scale_2 is None else guidance_scale_2
+        return ratio * self.scheduler_config.num_train_timesteps, (guidance_scale, second)
+
+    # -- sample
+
+    def sample(self, latents, prompt_embeds, negative_prompt_embeds=None, *, noise=None, image=None,
+               image_embeds=None, num_inference_steps: int | None = None, sigmas=None,
+               start_step: int = 0, end_step: int | None = None, guidance_scale: float = 5.0,
+               guidance_scale_2: float | None = None,
+               callback: ProgressCallback | None = None) -> jax.Array:
+        """Denoise raw-space latents from step `start_step` to `end_step` of the schedule.
+
+        Args:
+            latents: raw VAE latents `[B, z, T', h, w]`: with `noise`, a clean video to noise to the
+                start sigma (video-to-video); without, latents already at the start sigma (resuming a
+                run `sample(..., end_step=k)` stopped; UniPC restarts its history there, as diffusers
+                and ComfyUI do when they start part-way). None with `noise`: start from pure noise.
+            prompt_embeds, negative_prompt_embeds, image_embeds: as in `__call__`.
+            noise: N(0, 1) `[B, z, T', h, w]` (see `prepare_latents`).
+            image: the first frame for image-to-video, at the video's size.
+            num_inference_steps: N of the scheduler's schedule (default 50), or `sigmas`: a full
+                table `[N+1]` ending in 0, used as given.
+            start_step, end_step: the steps to run, `0 <= start < end <= N`.
+            guidance_scale, guidance_scale_2: as in `__call__`.
+            callback: `callback(steps_done, steps)` after each finished step; `False` stops.
+        Returns:
+            raw latents `[B, z, T', h, w]` float32 at sigma[end_step].
+        """
+        ref = noise if latents is None else latents
+        if ref is None:
+            raise ValueError("sample needs latents, noise or both")
+        shape = tuple(jnp.shape(ref))
+        if len(shape) != 5:
+            raise ValueError(f"latents/noise must be [B, z, T', h, w], got {shape}")
+        f, ft = self.vae_scale_factor_spatial, self.vae_scale_factor_temporal
+        height, width, num_frames = shape[3] * f, shape[4] * f, (shape[2] - 1) * ft + 1
+        if num_inference_steps is None and sigmas is None:
+            num_inference_steps = 50
+        timesteps, sched = self.schedule(num_inference_steps, shape, start_step=start_step, sigmas=sigmas)
+        x = self._start(latents, noise, sched, start_step, shape)
+        conditioning = self.check_conditioning(prompt_embeds, negative_prompt_embeds, image_embeds,
+                                               guidance_scale=guidance_scale, image_given=image is not None)
+        condition = self.image_condition(image, shape[0], height, width, num_frames)
+        x = self.sample_latents(x, sched, timesteps, conditioning, condition, start_step=start_step,
+                                end_step=end_step, guidance_scale=guidance_scale,
+                                guidance_scale_2=guidance_scale_2, image_given=image is not None,
+                                callback=callback)
+        return self.to_raw(x)
+
+    def _start(self, latents, noise, sched, start_step: int, shape) -> jax.Array:
+        """The model-space latents the run starts from (see `sample`)."""
+        def checked(x, what):
+            x = jnp.asarray(x, jnp.float32)
+            if x.shape != tuple(shape):
+                raise ValueError(f"{what} must be {tuple(shape)} [B, z, T', h, w], got {x.shape}")
+            return x
+
+        if latents is None:
+            return checked(noise, "noise")
+        x = self.to_model(checked(latents, "latents"))
+        if noise is None:
+            return x
+        sigmas = sched.sigmas if isinstance(sched, EulerState) else sched.coeffs.sigma
+        return add_noise(x, checked(noise, "noise"), sigmas[start_step])
+
+    def sample_latents(self, latents: jax.Array, sched, timesteps: np.ndarray, conditioning, condition, *,
+                       start_step: int = 0, end_step: int | None = None, guidance_scale: float = 5.0,
+                       guidance_scale_2: float | None = None, image_given: bool = False,
+                       callback: ProgressCallback | None = None) -> jax.Array:
+        """The loop on model-space latents `[B, z, T', h, w]`: steps `start_step..end_step` with the
+        scheduler state `sched` (from `schedule`), `conditioning` from `check_conditioning` and
+        `condition` from `image_condition`; returns the latents (TI2V: frame 0 replaced by the
+        image's). Records `compile_stats` (what the first step of each expert compiled)."""
+        start, end = check_steps(len(timesteps), start_step, end_step)
+        boundary, scales = self._experts(image_given, guidance_scale, guidance_scale_2)
+        put = self.placement.put
+        shape = tuple(latents.shape)
         latents, sched = self.place_like_latents((latents, sched), shape, put)
-        prompt_embeds = put(prompt_embeds, ("batch", None, None))
-        negative_prompt_embeds = put(negative_prompt_embeds, ("batch", None, None))
-        image_embeds = put(image_embeds, ("batch", None, None))
-        if condition is not None:
-            condition = put(condition, LATENT_AXES)
-        frame_mask, token_mask = put(frame_mask), put(token_mask)
+        prompt_embeds, negative_prompt_embeds, image_embeds = (
+            put(a, ("batch", None, None)) for a in conditioning)
+        condition_latents, frame_mask, token_mask = condition
+        experts = [nnx.state(self.transformer)]
+        if self.transformer_2 is not None:
+            experts.append(nnx.state(self.transformer_2))
+        expert_of = lambda i: self._expert_for(float(timesteps[i]), boundary)
 
-        # -- denoise
-        boundary = None
-        if two_experts:
-            ratio = self.boundary_ratio
-            if ratio is None:
-                ratio = WAN22_I2V_BOUNDARY_RATIO if i2v else WAN22_T2V_BOUNDARY_RATIO
-            boundary = ratio * self.scheduler_config.num_train_timesteps
-            if guidance_scale_2 is None:
-                guidance_scale_2 = guidance_scale
-        scales = (guidance_scale, guidance_scale_2)
-        states = [nnx.state(self.transformer)]
-        if two_experts:
-            states.append(nnx.state(self.transformer_2))
+        def run_step(i, carry):
+            e = expert_of(i)
+            return self.denoise_steps[e](experts[e], *carry, put(np.float32(timesteps[i])), prompt_embeds,
+                                         negative_prompt_embeds, image_embeds, condition_latents,
+                                         frame_mask, token_mask, put(np.float32(scales[e])))
 
-        total = len(timesteps)
-        self.compile_stats, first_seen = None, set()
         with attention_context(self.attention, self.sequence_parallel, self.mesh):
-            for i in range(total):
-                expert = self._expert_for(float(timesteps[i]), boundary)
-                args = (states[expert], latents, sched, put(np.float32(timesteps[i])), prompt_embeds,
-                        negative_prompt_embeds, image_embeds, condition, frame_mask, token_mask,
-                        put(np.float32(scales[expert])))
-                if expert not in first_seen:  # each expert traces (and compiles) on its first step
-                    first_seen.add(expert)
-                    with track_compiles() as stats:
-                        latents, sched = self.denoise_steps[expert](*args)
-                    self.compile_stats = stats if self.compile_stats is None else (
-                        self.compile_stats + stats)
-                else:
-                    latents, sched = self.denoise_steps[expert](*args)
-                if callback is not None:
-                    latents.block_until_ready()  # so progress reflects finished work
-                    callback(i + 1, total)
+            (latents, _), self.compile_stats = denoise_loop(range(start, end), run_step, (latents, sched),
+                                                            program=expert_of, callback=callback)
+        if frame_mask is not None:
+            latents = (1 - frame_mask) * condition_latents + frame_mask * latents
+        return latents
 
-        if self.expand_timesteps and i2v:
-            latents = (1 - frame_mask) * condition + frame_mask * latents
-        frames = self.decode(latents) if output_type == "np" else None
-        return WanPipelineOutput(frames=frames, latents=to_host(latents))
+    def decode(self, latents) -> np.ndarray:
+        """Raw VAE latents `[B, z, T', h, w]` → frames `[B, F, H, W, 3]` float32 0..1 (host numpy)."""
+        with vae_attention_context():
+            z = jnp.asarray(latents, jnp.float32).astype(self.vae_dtype)
+            video = self.vae.decode(z).astype(jnp.float32)  # [B, 3, F, H, W]
+        video = jnp.clip(video * 0.5 + 0.5, 0.0, 1.0)
+        return to_host(video.transpose(0, 2, 3, 4, 1))
+
+    def _expert_for(self, timestep: float, boundary: float | None) -> int:
+        return 0 if boundary is None or timestep >= boundary else 1
+
+    # -- all of it
+
+    def __call__(self, prompt_embeds, negative_prompt_embeds=None, *, image=None, image_embeds=None,
+                 video=None, denoise: float = 1.0, height: int = 480, width: int = 832,
+                 num_frames: int = 81, num_inference_steps: int = 50, guidance_scale: float = 5.0,
+                 guidance_scale_2: float | None = None, seed: int = 0, latents=None,
+                 output_type: str = "np", callback: ProgressCallback | None = None
+                 ) -> WanPipelineOutput:
+        """Sample videos (text-to-video; image-to-video with `image`; video-to-video with `video`).
+
+        Args:
+            prompt_embeds: `[B, S_txt, text_dim]` UMT5 embeddings (diffusers pads to 512 tokens).
+            negative_prompt_embeds: `[B, S_neg, text_dim]`; required when `guidance_scale > 1`.
+            image: first frame for I2V, `[H, W, 3]` or `[1 or B, H, W, 3]`, float 0..1 or uint8, at
+                the output size.
+            image_embeds: CLIP-vision features `[1 or B, S_img, image_dim]` (Wan 2.1 I2V only;
+                required when the transformer has `image_dim`).
+            video: start video `[F, H, W, 3]` / `[1 or B, F, H, W, 3]` (float 0..1 or uint8) at the
+                output size and frame count: encoded, noised to the start sigma, denoised from there.
+            denoise: with `video`, how much to change it, in (0, 1] (diffusers' `strength`): the run
+                starts at step `N − int(N·denoise)`.
+            height, width: pixels, multiples of `size_multiple`.
+            num_frames: 4k + 1.
+            num_inference_steps: N of the full schedule.
+            guidance_scale: CFG scale (the high-noise expert's for A14B); CFG runs when > 1.
+            guidance_scale_2: the low-noise expert's (default `guidance_scale`); two experts only.
+            seed: noise seed when `latents` is None.
+            latents: initial noise `[B, z, T', h, w]`.
+            output_type: "np" (decode) or "latent".
+            callback: called as `callback(steps_done, steps)` after each finished step; returning False
+                stops early.
+        Returns:
+            WanPipelineOutput(frames `[B, F, H, W, 3]` float32 0..1, latents `[B, z, T', h, w]`).
+        """
+        # -- validate everything before any compute
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        num_inference_steps = _as_int(num_inference_steps, "num_inference_steps")
+        check_steps(num_inference_steps, 0, None)
+        self.check_inputs(height, width, num_frames)
+        start = 0 if video is None else self.start_step(num_inference_steps, denoise)
+        check_steps(num_inference_steps, start, None)
+        conditioning = self.check_conditioning(prompt_embeds, negative_prompt_embeds, image_embeds,
+                                               guidance_scale=guidance_scale, image_given=image is not None)
+        self._experts(image is not None, guidance_scale, guidance_scale_2)
+        batch = conditioning[0].shape[0]
+        shape = self.latent_shape(batch, height, width, num_frames)
+        if latents is None:
+            noise = self.prepare_latents(batch, height, width, num_frames, seed)
+        else:
+            noise = jnp.asarray(latents, jnp.float32)
+            if noise.shape != shape:
+                raise ValueError(f"latents must be {shape} [B, z, T', h, w], got {noise.shape}")
+        clean = None
+        if video is not None:
+            frames = np.asarray(video)
+            frames = pixels_at(frames[None] if frames.ndim == 4 else frames, batch, height, width, "video")
+            if frames.ndim != 5 or frames.shape[1] != num_frames:
+                raise ValueError(f"video must have num_frames={num_frames} frames [F, H, W, 3], got "
+                                 f"{frames.shape}")
+            clean = self._encode(pixels_in(frames, "video"))
+        condition = self.image_condition(image, batch, height, width, num_frames)
+
+        # -- denoise, decode
+        timesteps, sched = self.schedule(num_inference_steps, shape, start_step=start)
+        x = self._start(clean, noise, sched, start, shape)
+        x = self.sample_latents(x, sched, timesteps, conditioning, condition, start_step=start,
+                                guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,
+                                image_given=image is not None, callback=callback)
+        frames = self.decode(self.to_raw(x)) if output_type == "np" else None
+        return WanPipelineOutput(frames=frames, latents=to_host(x))

@@ -150,8 +150,7 @@ def run_flux(pipe, inputs, decode: bool):
 def decode_flux(pipe, latents):
     side = FLUX_SIZE // pipe.vae_scale_factor
     placed = pipe.placement.put(latents, flux_pipeline.LATENT_AXES)
-    with flux_pipeline.vae_attention_context():
-        return to_host(pipe.decode_latents(nnx.state(pipe.vae), placed, side, side))
+    return pipe.decode(pipe.to_raw(placed, side, side))
 
 
 def run_wan(pipe, inputs, decode: bool):
@@ -162,7 +161,7 @@ def run_wan(pipe, inputs, decode: bool):
 
 
 def decode_wan(pipe, latents):
-    return pipe.decode(pipe.placement.put(latents, wan_pipeline.LATENT_AXES))
+    return pipe.decode(pipe.to_raw(pipe.placement.put(latents, wan_pipeline.LATENT_AXES)))
 
 
 def run_family(name: str) -> dict:
