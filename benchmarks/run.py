@@ -53,12 +53,17 @@ SIGMA = 0.5  # Flux: where in the schedule the timed step sits (the cost does no
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    f, w = REDUCED["flux"], REDUCED["wan"]  # --shape reduced, listed in --help
+    reduced = (f"Flux {f['layers']} double + {f['single_layers']} single blocks, {f['heads']} heads, "
+               f"{f['height']}×{f['width']}; Wan {w['layers']} layers, {w['heads']} heads, "
+               f"{w['height']}×{w['width']}×{w['frames']} frames; {f['text_tokens']} text tokens, float32")
     parser.add_argument("--model", default=DEFAULT_MODEL, metavar="PRESET",
                         help=f"released model shape from pipelines/presets.py (default {DEFAULT_MODEL}; "
                              "e.g. flux-schnell, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b)")
     parser.add_argument("--shape", choices=SHAPES, default="auto",
-                        help="full: the preset's depth, width and resolution; reduced: the CPU sizes "
-                             "above; auto (default): full on GPU/TPU, reduced on CPU")
+                        help="full: the preset's depth, width and resolution; reduced: small sizes that "
+                             f"run in seconds on a CPU ({reduced}); auto (default): full on "
+                             "GPU/TPU, reduced on CPU")
     parser.add_argument("--layers", type=int, help="transformer blocks (Flux: double-stream)")
     parser.add_argument("--single-layers", type=int, help="Flux single-stream blocks")
     parser.add_argument("--heads", type=int,
@@ -99,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", choices=INITS, default="auto",
                         help="random weights drawn on the host (numpy) or on the device (jitted Flax "
                              "init); auto: host on CPU, device elsewhere")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random weights and inputs (default 0)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every field here")
     parser.add_argument("--summarize", nargs="+", type=Path, metavar="JSON",
                         help="print one table from earlier --json files and exit (nothing is run)")
@@ -698,7 +703,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxdiff.benchmarks.run",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.splitlines()[0], allow_abbrev=False)
     add_arguments(parser)
     argv = sys.argv[1:] if argv is None else argv
     return run(parser.parse_args(argv))

@@ -6,16 +6,27 @@ import argparse
 import sys
 
 
+EXAMPLES = """examples:
+  jaxdiff convert FLUX.1-dev/transformer flux-dev-jax --dtype bfloat16
+  jaxdiff convert flux1-dev-fp8.safetensors flux-dev-jax       # ComfyUI / BFL single file
+  jaxdiff generate --model flux-dev-jax --vae FLUX.1-dev/vae --prompt-embeds embeds.safetensors"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="diffusers model directory (config.json + *.safetensors, sharded "
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
+    parser.add_argument("src", metavar="SRC",
+                        help="diffusers model folder (config.json + *.safetensors, sharded "
                         "or not: Flux / Wan transformer, AutoencoderKL / AutoencoderKLWan) or a single "
                         ".safetensors file (BFL / ComfyUI Flux, Comfy-Org Wan, LDM / Wan VAE; fp8 "
                         "included)")
-    parser.add_argument("out", help="output directory (written atomically: complete or absent)")
+    parser.add_argument("out", metavar="OUT",
+                        help="folder to write the checkpoint to (it appears complete or not at all)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="parameter dtype (default: the checkpoint's; fp8 → bfloat16)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it is a converted jaxdiff checkpoint (or an empty "
-                        "directory); anything else is refused and left alone")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT if it is a converted jaxdiff checkpoint (or an empty "
+                        "folder); anything else is refused and left alone")
 
 
 def run(args: argparse.Namespace) -> int:

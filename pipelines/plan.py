@@ -740,32 +740,54 @@ def format_search(rows: list[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+EPILOG = """examples:
+  jaxdiff plan --model flux-dev --mesh fsdp=4 --hbm h100
+  jaxdiff plan --model wan2.1-t2v-14b --mesh fsdp=8 --height 720 --width 1280 --frames 81 --hbm v5e
+  jaxdiff plan --model wan2.1-t2v-14b --mesh auto --devices 8 --hbm v5e   # compare every split
+  jaxdiff plan --config FLUX.1-dev/transformer --json
+
+Nothing is downloaded or run: the figures come from the model's shapes. Per device:
+  transformer parameters  exact (the real model's shapes, split over the mesh as jaxdiff splits them)
+  activations             estimated: the working memory of one transformer block at its peak
+  FSDP all-gather         estimated: one block's weights gathered while it runs
+  VAE decode              approximate: the decoder's working set after denoising
+  text encoders           not modelled; add your own figure with --text-encoder-gib
+--compile builds a one-block copy on this machine and prints the compiler's own figures next to
+the estimate, as a check."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1].rsplit("\n\nTop-level", 1)[0]
+    parser.epilog = EPILOG  # the module docstring says the same for developers
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="released model preset, e.g. wan2.1-t2v-14b, flux-dev")
     src.add_argument("--config",
                      help="transformer config.json, a diffusers model dir or a converted checkpoint")
     parser.add_argument("--mesh", default="fsdp=1",
                         help="mesh sizes, e.g. fsdp=8 or fsdp=2,seq=4 (devices = product); 'auto' tries "
-                             "every fsdp×tensor×seq split of --devices")
+                             "every fsdp×tensor×seq split of --devices (default: %(default)s, one device)")
     parser.add_argument("--devices", type=int, help="device count for --mesh auto")
     parser.add_argument("--height", type=int, help="pixels (default: the preset's)")
     parser.add_argument("--width", type=int, help="pixels (default: the preset's)")
     parser.add_argument("--frames", type=int, help="video frames, 4k+1 (default: the preset's)")
-    parser.add_argument("--batch", type=int, default=1, help="prompts per call (CFG doubles it inside)")
-    parser.add_argument("--dtype", default="bfloat16", help="transformer parameters and activations")
-    parser.add_argument("--vae-dtype", help="VAE parameters and activations (default: --dtype)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="prompts per call; guidance doubles it inside (default: %(default)s)")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16",
+                        help="transformer parameters and activations (default: %(default)s)")
+    parser.add_argument("--vae-dtype", choices=DTYPES,
+                        help="VAE parameters and activations (default: --dtype)")
     parser.add_argument("--attention", choices=ATTENTION, default="flash",
-                        help="flash = splash (TPU) / cuDNN (GPU), O(S) memory; xla = materialised logits")
+                        help="flash = splash (TPU) / cuDNN (GPU), memory linear in the sequence; xla = "
+                             "the full attention matrix in memory (default: %(default)s)")
     parser.add_argument("--sequence-parallel", choices=SEQUENCE_PARALLEL, default="ulysses",
-                        help="how a seq mesh axis splits attention")
+                        help="how a seq mesh axis splits attention (default: %(default)s)")
     parser.add_argument("--hbm", help="accelerator (v4, v5e, v5p, v6e, v7x, a100, h100, h200) or usable GiB")
     parser.add_argument("--text-encoder-gib", type=float, default=0.0,
-                        help="resident text-encoder GiB per device to add (not modelled)")
+                        help="resident text-encoder GiB per device to add (not modelled; "
+                             "default: %(default)s)")
     parser.add_argument("--compile", action="store_true",
-                        help="also compile a one-block copy on CPU and print its memory_analysis()")
+                        help="also compile a one-block copy here and print the compiler's memory figures")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -815,9 +837,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxdiff plan", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="jaxdiff plan", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # a usage error (2) or --help (0): the status, as for run's errors
+        return int(exit_.code or 0)
+    return run(args)
 
 
 if __name__ == "__main__":
