@@ -5,12 +5,17 @@ Layout of a converted directory:
     OUT/
       jaxdiff.json              format, format_version, family, class_name, config (diffusers
                                 config.json fields), dtype, units, num_tensors, source
-      params/<unit>/            one orbax StandardCheckpointer item per unit: a top-level module
-                                (`x_embedder`, `encoder`) or one list element (`transformer_blocks.7`);
-                                its tree is the unit's parameters keyed by our path (list indices
-                                as strings), e.g. {"attn": {"to_q": {"kernel", "bias"}}, …}
+      params/<unit>/            one orbax StandardCheckpointer item per unit (`place.unit_of`): a
+                                path up to its first list index (`transformer_blocks.7`,
+                                `encoder.block.3`, `encoder.down_blocks.0`) or a top-level module
+                                (`x_embedder`, `shared`); its tree is the unit's parameters keyed by
+                                their path inside it (list indices as strings), e.g.
+                                {"attn": {"to_q": {"kernel", "bias"}}, …}
 
-Each unit is saved and released before the next is read, so conversion memory is one block. The
+Each unit is saved and released before the next is read, so conversion memory is one block.
+`restore` reads the units `jaxdiff.json` lists and gives each parameter to the longest stored unit
+prefixing its path, so format-1 checkpoints written before units split inside nested lists (one
+`encoder` unit for a whole VAE encoder) restore unchanged. The
 directory is built as a temp dir beside OUT, `jaxdiff.json` is written last, then it is renamed into
 place; on any failure or interrupt the temp dir is removed, so a path either holds a complete
 checkpoint or nothing `load_model` accepts. Imports jax/flax/orbax only.
@@ -34,7 +39,7 @@ from flax import nnx
 from .detect import META_NAME
 from .. import families
 from .families import abstract_model, canonical_dtype
-from .place import Path as ParamPath, partition_shardings, unit_of
+from .place import Path as ParamPath, key_to_path, partition_shardings
 
 FORMAT_NAME = "jaxdiff"
 FORMAT_VERSION = 1
@@ -175,8 +180,67 @@ def read_meta(path) -> dict:
     return meta
 
 
+def _few(items: list[str], shown: int = 5) -> str:
+    return ", ".join(items[:shown]) + (f" … and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def stored_units(params: Iterable[ParamPath], units: Iterable[str], *, where="checkpoint",
+                 model: str = "model") -> dict[ParamPath, list[ParamPath]]:
+    """`{stored unit: [param_path, …]}`: each parameter goes to the stored unit that is the longest
+    prefix of its path, so checkpoints written with coarser units than `unit_of` makes today
+    (format 1 before units split inside nested lists: `encoder` holding `encoder.down_blocks.0`)
+    restore as they are. Raises ValueError naming parameters no stored unit holds."""
+    stored = {tuple(name.split(".")): key_to_path(name) for name in units}
+    by_unit: dict[ParamPath, list[ParamPath]] = defaultdict(list)
+    homeless = []
+    for p in params:
+        parts = tuple(str(part) for part in p)
+        unit = next((stored[parts[:n]] for n in range(len(parts), 0, -1) if parts[:n] in stored), None)
+        if unit is None:
+            homeless.append(unit_name(p))
+        else:
+            by_unit[unit].append(p)
+    if homeless:
+        raise ValueError(f"{where}: checkpoint lacks unit(s) holding {len(homeless)} parameter(s) of "
+                         f"{model}: {_few(homeless)} (units stored: {len(stored)})")
+    return by_unit
+
+
+def _unit_problem(checkpointer, directory: Path, unit: ParamPath, paths: list[ParamPath],
+                  params: Mapping[ParamPath, Any], model: str) -> ValueError | None:
+    """Why the stored unit at `directory` cannot fill `paths` (called when orbax refused it): the
+    parameters it lacks or holds in another shape, named in full; None when that is not the reason."""
+    if not directory.is_dir():
+        return ValueError(f"{directory}: unit {unit_name(unit)} listed in {META_NAME} is missing")
+    try:
+        tree = checkpointer.metadata(directory).item_metadata
+    except Exception:  # unreadable metadata: orbax's own error says more
+        return None
+    stored = {tuple(str(getattr(k, "key", k)) for k in key): tuple(leaf.shape)
+              for key, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    missing, mismatched = [], []
+    for p in paths:
+        relative = tuple(str(part) for part in _relative(p, unit))
+        if relative not in stored:
+            missing.append(unit_name(p))
+        elif stored[relative] != tuple(params[p].shape):
+            mismatched.append(f"{unit_name(p)}: stored {stored[relative]} vs model {tuple(params[p].shape)}")
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} parameter(s) of {model} not in it: {_few(missing)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {_few(mismatched)}")
+    if not problems:
+        return None
+    return ValueError(f"{directory}: stored unit {unit_name(unit)} cannot be restored: "
+                      + "; ".join(problems))
+
+
 def restore(path, *, dtype=None, mesh=None, progress: Callable[[int], None] | None = None) -> nnx.Module:
-    """Rebuild the model of a converted checkpoint, unit by unit, optionally straight onto `mesh`."""
+    """Rebuild the model of a converted checkpoint, unit by unit, optionally straight onto `mesh`.
+
+    Units are the ones `jaxdiff.json` lists (see `stored_units`), not recomputed, so checkpoints
+    written with older, coarser units still restore."""
     path = Path(path)
     meta = read_meta(path)
     dtype = canonical_dtype(dtype if dtype is not None else meta["dtype"])
@@ -186,20 +250,21 @@ def restore(path, *, dtype=None, mesh=None, progress: Callable[[int], None] | No
     if mesh is not None:
         from ..sharding.rules import DEFAULT_RULES
         shardings = partition_shardings(state, mesh, DEFAULT_RULES)
-    by_unit: dict[ParamPath, list[ParamPath]] = defaultdict(list)
-    for p in params:
-        by_unit[unit_of(p)].append(p)
-    absent = sorted(set(map(unit_name, by_unit)) - set(meta["units"]))
-    if absent:
-        raise ValueError(f"{path}: checkpoint lacks unit(s) {', '.join(absent[:5])} of "
-                         f"{meta['class_name']} (units stored: {len(meta['units'])})")
+    by_unit = stored_units(params, meta["units"], where=path, model=meta["class_name"])
     checkpointer = _checkpointer()
     try:
         for unit, paths in by_unit.items():
             target = _nest((_relative(p, unit), jax.ShapeDtypeStruct(
                 params[p].shape, dtype, sharding=None if shardings is None else shardings[p]))
                 for p in paths)
-            restored = checkpointer.restore(path / PARAMS_DIR / unit_name(unit), target)
+            directory = path / PARAMS_DIR / unit_name(unit)
+            try:
+                restored = checkpointer.restore(directory, target)
+            except Exception as err:
+                problem = _unit_problem(checkpointer, directory, unit, paths, params, meta["class_name"])
+                if problem is None:
+                    raise
+                raise problem from err
             for p in paths:
                 value = _lookup(restored, _relative(p, unit))
                 params[p].set_value(value if isinstance(value, jax.Array) else jnp.asarray(value))

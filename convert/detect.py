@@ -83,8 +83,16 @@ def inspect_path(path: str | Path) -> Source:
             f"{path}: not a loadable directory — no {CONFIG_NAME} (a diffusers or transformers model "
             f"directory needs one) and no {META_NAME} (a complete converted jaxdiff checkpoint has one; an interrupted "
             "conversion leaves none)")
-    config = json.loads((path / CONFIG_NAME).read_text())
-    model = model_for_class(class_name(config), str(path / CONFIG_NAME))
+    where = str(path / CONFIG_NAME)
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text())
+    except ValueError as err:
+        raise ValueError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(config).__name__}")
+    if class_name(config) is None:
+        where += " (names no diffusers `_class_name` and no transformers `architectures`)"
+    model = model_for_class(class_name(config), where)
     return Source(path, "diffusers", model.name, config, _diffusers_weight_files(path))
 
 

@@ -81,18 +81,23 @@ def _kind_of_config(config: Any, where: Path) -> ModelKind:
     return model
 
 
-def _tied(model: ModelKind, shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
-    """`{parameter key: stored alias}` for tied parameters stored only under their alias; a stored
-    alias whose parameter is stored too is the same tensor and is dropped from `shapes` (in place)."""
+def _tied(model: ModelKind, shapes: dict[str, tuple[int, ...]], where: Path | str = "checkpoint"
+          ) -> dict[str, str]:
+    """`{parameter key: stored alias}` for tied parameters (`ModelKind.tied`, e.g. T5's `shared.weight`
+    and `encoder.embed_tokens.weight`) stored only under their alias; a stored alias whose parameter
+    is stored too is the same tensor and is dropped from `shapes` (in place). Shapes must agree."""
     renamed = {}
     for key, alias in model.tied:
-        if alias in shapes:
-            if key not in shapes:
-                renamed[key] = alias
-            elif tuple(shapes[key]) != tuple(shapes[alias]):
-                raise ValueError(f"tied tensors {key} {tuple(shapes[key])} and {alias} "
-                                 f"{tuple(shapes[alias])} differ in shape")
-            del shapes[alias]
+        if alias not in shapes:
+            continue
+        if key not in shapes:
+            renamed[key] = alias  # read from the alias; its shape stays in `shapes`
+            continue
+        if tuple(shapes[key]) != tuple(shapes[alias]):
+            raise ValueError(f"{where}: tied tensors {key} {tuple(shapes[key])} and {alias} "
+                             f"{tuple(shapes[alias])} differ in shape (one tensor of "
+                             f"{model.class_name} stored under both names)")
+        del shapes[alias]
     return renamed
 
 
@@ -138,9 +143,9 @@ class Plan:
         if layout is not None:
             self.takes, unknown, missing_keys = families.call(layout.keymap, shapes, self.config)
         else:  # diffusers names; keys diffusers itself ignores for this kind are dropped (named list)
-            tied = _tied(self.model, shapes)
+            tied = _tied(self.model, shapes, src.path)
             ignored = ignored_keys(self.model, shapes)
-            self.takes = {n: Take(n) for n in shapes if n not in ignored}
+            self.takes = {n: Take(n) for n in shapes if n not in ignored and n not in tied.values()}
             self.takes.update({key: Take(alias) for key, alias in tied.items()})
             unknown, missing_keys = [], []
         self.dtype = canonical_dtype(dtype) if dtype is not None else _default_dtype(
@@ -180,7 +185,9 @@ class Plan:
         return str(info.file), info.start
 
     def units(self) -> Iterator[tuple[ParamPath, list[tuple[ParamPath, np.ndarray]]]]:
-        """Yields `(unit, [(param_path, array in our layout and dtype), …])`, one unit at a time."""
+        """Yields `(unit, [(param_path, array in our layout and dtype), …])`, one unit at a time
+        (`place.unit_of`: a path up to its first list index, e.g. `encoder.block.3`, else a top-level
+        module), so memory holds one block, however deeply the block lists are nested."""
         by_unit: dict[ParamPath, list[ParamPath]] = defaultdict(list)
         for path in self.params:
             by_unit[unit_of(path)].append(path)

@@ -1,7 +1,7 @@
 """Place torch-named tensors into a Flax nnx module (the last step of read → rename → transform → place).
 
-A torch key `a.b.0.c.weight` names our parameter path `('a', 'b', 0, 'c', 'kernel' | 'scale')`;
-see models_flax/layers.py for the layout conventions this relies on.
+A torch key `a.b.0.c.weight` names our parameter path `('a', 'b', 0, 'c', 'kernel' | 'scale' |
+'embedding')`; see models_flax/layers.py for the layout conventions this relies on.
 
 Two ways in: `load_state_dict(module, tensors)` copies a dict into a materialised module (tests);
 `plan_placement` + `fill` check a whole checkpoint against an *abstract* model (`nnx.eval_shape`)
@@ -21,6 +21,7 @@ from flax import nnx
 from ..sharding.mesh import named_shardings
 
 MAX_LISTED = 5
+WEIGHT_LEAVES = ("kernel", "scale", "embedding")  # our leaf names for a torch `weight`
 
 
 def key_to_path(key: str) -> tuple[str | int, ...]:
@@ -57,12 +58,15 @@ def _listing(items: list[str]) -> str:
 
 
 def resolve_path(key: str, targets: Mapping[tuple, object]) -> tuple | None:
-    """Our parameter path for a torch key, or None when the module has no such parameter."""
+    """Our parameter path for a torch key, or None when the module has no such parameter.
+
+    A torch `<m>.weight` is our `kernel` (Linear / Conv, transposed by `to_flax_layout`), `scale`
+    (norms) or `embedding` (`nn.Embedding`, `[vocab, dim]` as stored)."""
     path = key_to_path(key)
     if path in targets:
         return path
     if path[-1] == "weight":
-        for leaf in ("kernel", "scale"):
+        for leaf in WEIGHT_LEAVES:
             candidate = path[:-1] + (leaf,)
             if candidate in targets:
                 return candidate
@@ -104,10 +108,13 @@ Path = tuple[str | int, ...]
 
 
 def unit_of(path: Path) -> Path:
-    """The piece a parameter is loaded and saved with: a list element (`transformer_blocks.3`) or a
-    top-level module (`x_embedder`, `encoder`)."""
-    if len(path) > 2 and isinstance(path[1], int):
-        return path[:2]
+    """The piece a parameter is converted, saved and loaded with: its path up to and including the
+    first list index (`transformer_blocks.3`, `encoder.block.3`, `text_model.encoder.layers.5`,
+    `encoder.down_blocks.0`), else its top-level module (`x_embedder`, `shared`; a top-level
+    parameter such as Wan's `scale_shift_table` is its own unit)."""
+    for i, part in enumerate(path):
+        if isinstance(part, int):
+            return path[:i + 1]
     return path[:1]
 
 

@@ -89,7 +89,8 @@ def test_flax_shape_predicts_to_flax_layout(shape):
 def test_units_are_list_elements_or_top_level_modules():
     assert unit_of(("transformer_blocks", 3, "attn", "to_q", "kernel")) == ("transformer_blocks", 3)
     assert unit_of(("x_embedder", "kernel")) == ("x_embedder",)
-    assert unit_of(("encoder", "down_blocks", 0, "resnets", 0, "conv1", "kernel")) == ("encoder",)
+    assert unit_of(("encoder", "down_blocks", 0, "resnets", 0, "conv1", "kernel")) == (
+        "encoder", "down_blocks", 0)
 
 
 @pytest.mark.parametrize("shape", [(600, 300), (3, 1000), (1, 1)])
