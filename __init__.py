@@ -11,15 +11,25 @@ NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
 
-def load_model(path, *, dtype=None, mesh=None, config=None):
-    """Load a diffusers directory, a single-file safetensors or a converted jaxdiff checkpoint.
+def load_model(path, *, dtype=None, mesh=None, config=None, abstract=False):
+    """Load a diffusers or transformers directory, a single-file safetensors or a converted jaxdiff
+    checkpoint.
 
     Returns a ready Flax nnx module (family detected from config/keys; `config` overrides what a
-    single file cannot say, e.g. a head dim other than 128). See convert/loader.py.
+    single file cannot say, e.g. a head dim other than 128); `abstract=True` reads headers only and
+    returns the module with shape-only parameters. See convert/loader.py.
     """
     from .convert.loader import load_model as _load_model
 
-    return _load_model(path, dtype=dtype, mesh=mesh, config=config)
+    return _load_model(path, dtype=dtype, mesh=mesh, config=config, abstract=abstract)
+
+
+def load_pipeline(model, **options):
+    """The family's pipeline (FluxPipeline, WanPipeline, …) for a diffusers pipeline dir or a
+    transformer path plus `vae=`; see `pipelines.loading.load_pipeline` for the options."""
+    from .pipelines.loading import load_pipeline as _load_pipeline
+
+    return _load_pipeline(model, **options)
 
 
 def enable_compile_cache(path=None):
@@ -30,4 +40,4 @@ def enable_compile_cache(path=None):
     return _enable(path)
 
 
-__all__ = ["enable_compile_cache", "load_model", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]
+__all__ = ["enable_compile_cache", "load_model", "load_pipeline", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]

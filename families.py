@@ -155,6 +155,8 @@ class Family:
     pipeline: Any  # the pipeline class ("pipelines.flux:FluxPipeline")
     presets: tuple[Preset, ...] = ()
     embedded: Embedded | None = None
+    # `jaxdiff generate` options beyond the common ones that this family takes (argument dest names)
+    options: tuple[str, ...] = ()
     flops: Any = None  # flops(config, sizes) -> {term: FLOPs} of one forward (benchmarks/flops.py)
     # bench --shape reduced: config fields and sizes of the CPU-sized run
     reduced: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -206,6 +208,7 @@ FLUX = Family(
                  norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
                  up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.3611, shift_factor=0.1159,
                  use_quant_conv=False, use_post_quant_conv=False)),
+    options=("init_image", "export_step"),
     flops="benchmarks.flops:flux_forward",
     reduced=dict(num_layers=1, num_single_layers=2, num_attention_heads=4, height=256, width=256,
                  text_tokens=128))
@@ -264,6 +267,7 @@ WAN = Family(
         vae=dict(base_dim=3, z_dim=16, dim_mult=(1, 1, 1, 1), num_res_blocks=1,
                  temperal_downsample=(False, True, True)),
         frames=9, image_transformer=dict(in_channels=36)),
+    options=("frames", "image", "guidance_2", "sampler", "fps", "init_video"),
     flops="benchmarks.flops:wan_forward",
     reduced=dict(num_layers=2, num_attention_heads=4, height=256, width=256, frames=9, text_tokens=128))
 

@@ -206,7 +206,27 @@ class Plan:
             yield unit, arrays
 
 
-def load_model(path, *, dtype=None, mesh=None, config=None, progress: Callable[[int], None] | None = None):
+def detect_kind(path) -> ModelKind:
+    """The model kind at `path` from config files or safetensors headers alone (no tensor read);
+    a diffusers pipeline dir answers for its transformer/."""
+    path = Path(path)
+    if (path / "transformer").is_dir():
+        path = path / "transformer"
+    source = inspect_path(path)
+    if source.kind == "converted":
+        from .checkpoint import read_meta
+        return families.get_model(read_meta(path)["family"])
+    if source.kind == "diffusers":
+        return families.get_model(source.family)
+    with SafetensorsReader(source.files) as reader:
+        names = _single_file_names(reader.keys())
+        scales, consumed = find_scales(names)
+        shapes = {n: reader.infos[k].shape for n, k in names.items() if n not in consumed}
+    return _detect_single_file(shapes, path, None)[0]
+
+
+def load_model(path, *, dtype=None, mesh=None, config=None, progress: Callable[[int], None] | None = None,
+               abstract: bool = False):
     """Load a diffusers model dir, a single-file safetensors or a converted jaxdiff checkpoint.
 
     Args:
@@ -217,6 +237,8 @@ def load_model(path, *, dtype=None, mesh=None, config=None, progress: Callable[[
       config: a config dict / object overriding the stored or detected one (e.g. tiny test files
         whose head dim is not 128).
       progress: called with the number of tensors placed after each unit.
+      abstract: read config and headers only: the module with `jax.ShapeDtypeStruct` parameters
+        (every key and shape checked, no tensor read) — for checks and planning.
 
     Returns:
       A ready Flax nnx module.
@@ -225,9 +247,15 @@ def load_model(path, *, dtype=None, mesh=None, config=None, progress: Callable[[
     if source.kind == "converted":
         if config is not None:
             raise ValueError(f"{path}: a converted checkpoint carries its config; config= is not accepted")
-        from .checkpoint import restore
+        from .checkpoint import read_meta, restore
+        if abstract:
+            meta = read_meta(source.path)
+            return nnx.merge(*abstract_model(meta["family"], meta["config"],
+                                             canonical_dtype(dtype or meta["dtype"])))
         return restore(source.path, dtype=dtype, mesh=mesh, progress=progress)
     with Plan(source, dtype=dtype, config=config) as plan:
+        if abstract:
+            return nnx.merge(plan.graphdef, plan.state)
         shardings = None
         if mesh is not None:
             from ..sharding.rules import DEFAULT_RULES

@@ -34,7 +34,8 @@ import numpy as np
 from flax import nnx
 
 from ..schedulers import flow_match
-from ..schedulers.flow_match import FLUX_DEV_SCHEDULER_CONFIG, FlowMatchEulerConfig, FlowMatchSchedule
+from ..schedulers.flow_match import (FLUX_DEV_SCHEDULER_CONFIG, FLUX_SCHNELL_SCHEDULER_CONFIG,
+                                     FlowMatchEulerConfig, FlowMatchSchedule)
 from .compile_cache import CompileStats
 from .loop import ProgressCallback, add_noise, check_steps, denoise_loop
 from .inputs import check_denoise, param_dtype, pixels_at, pixels_in
@@ -111,6 +112,11 @@ class FluxPipeline:
     """
 
     output = "image"
+    # what an embeddings file holds: {name: (ndim with batch, required)}
+    CONDITIONING = {"prompt_embeds": (3, True), "pooled_prompt_embeds": (2, True)}
+    GUIDANCE = 3.5
+    SIZE = 1024  # pixels, both sides
+    DEV_STEPS, SCHNELL_STEPS = 28, 4
 
     def __init__(self, transformer: nnx.Module, vae: nnx.Module,
                  scheduler_config: FlowMatchEulerConfig = FLUX_DEV_SCHEDULER_CONFIG, *,
@@ -132,6 +138,31 @@ class FluxPipeline:
         self.denoise_step = jax.jit(self._denoise_step)
         self._decode = jax.jit(self._decode_raw)
         self._encode = jax.jit(self._encode_raw)
+
+    @staticmethod
+    def default_scheduler(config) -> FlowMatchEulerConfig:
+        """FLUX.1-dev's scheduler for a model with guidance embeddings, schnell's otherwise."""
+        return FLUX_DEV_SCHEDULER_CONFIG if config.guidance_embeds else FLUX_SCHNELL_SCHEDULER_CONFIG
+
+    @classmethod
+    def from_models(cls, transformer, vae, scheduler_config, *, transformer_2=None, index=None, **options):
+        """The pipeline over loaded models (`pipelines.loading.load_pipeline`); `index` is the
+        diffusers `model_index.json` (nothing in it changes Flux)."""
+        if transformer_2 is not None:
+            raise ValueError("Flux runs one transformer; this model directory also has transformer_2/")
+        return cls(transformer, vae, scheduler_config, **options)
+
+    def defaults(self) -> dict:
+        """What `jaxdiff generate` uses for options not given: size, steps, guidance."""
+        steps = self.DEV_STEPS if self.transformer.config.guidance_embeds else self.SCHNELL_STEPS
+        return dict(height=self.SIZE, width=self.SIZE, steps=steps, guidance=self.GUIDANCE)
+
+    def random_conditioning(self, seed: int, text_tokens: int) -> dict[str, np.ndarray]:
+        """Stand-in embeddings N(0, 1) from `seed` (the embedded default has no text encoder)."""
+        config = self.transformer.config
+        rng = np.random.default_rng(seed)
+        return {"prompt_embeds": rng.standard_normal((1, text_tokens, config.joint_attention_dim), np.float32),
+                "pooled_prompt_embeds": rng.standard_normal((1, config.pooled_projection_dim), np.float32)}
 
     # -- jitted bodies (graph definitions are closed over; parameters are arguments)
 
@@ -174,6 +205,12 @@ class FluxPipeline:
                 or height <= 0 or width <= 0 or height % multiple or width % multiple):
             raise ValueError(f"height and width must be positive multiples of {multiple} (VAE "
                              f"factor {self.vae_scale_factor} × 2×2 packing), got {height}×{width}")
+
+    def check_inputs(self, height: int, width: int, num_frames: int | None = None) -> None:
+        """`check_size` (images have no frame count; `num_frames` must be None)."""
+        if num_frames is not None:
+            raise ValueError(f"Flux makes images: num_frames must be None, got {num_frames}")
+        self.check_size(height, width)
 
     @property
     def size_multiple(self) -> int:
@@ -346,6 +383,25 @@ class FluxPipeline:
 
     # -- all of it
 
+    def check_call(self, prompt_embeds, pooled_prompt_embeds, *, height: int = 1024, width: int = 1024,
+                   num_inference_steps: int = 28, latents=None, image=None, denoise: float = 1.0,
+                   output_type: str = "np", **unchecked):
+        """Every check `__call__` makes before any compute (works on abstract models too); returns
+        (prompt_embeds, pooled_prompt_embeds, raw latent shape, first step)."""
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        check_steps(num_inference_steps, 0, None)
+        self.check_size(height, width)
+        prompt_embeds, pooled_prompt_embeds = self.check_conditioning(prompt_embeds, pooled_prompt_embeds)
+        shape = self.latent_shape(prompt_embeds.shape[0], height, width)
+        start = 0 if image is None else self.start_step(num_inference_steps, denoise)
+        check_steps(num_inference_steps, start, None)
+        if latents is not None:
+            self._unpacked(latents, shape, "latents")
+        if image is not None:
+            pixels_at(image, shape[0], height, width)
+        return prompt_embeds, pooled_prompt_embeds, shape, start
+
     def __call__(self, prompt_embeds, pooled_prompt_embeds, *, height: int = 1024,
                  width: int = 1024, num_inference_steps: int = 28, guidance_scale: float = 3.5,
                  seed: int = 0, latents=None, sigmas=None, image=None, denoise: float = 1.0,
@@ -371,15 +427,11 @@ class FluxPipeline:
         Returns:
             FluxPipelineOutput(images `[B, H, W, 3]` float32 0..1, latents `[B, S_img, 4C]`).
         """
-        if output_type not in ("np", "latent"):
-            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
-        check_steps(num_inference_steps, 0, None)
-        self.check_size(height, width)
-        prompt_embeds, pooled_prompt_embeds = self.check_conditioning(prompt_embeds, pooled_prompt_embeds)
-        batch = prompt_embeds.shape[0]
-        shape = self.latent_shape(batch, height, width)
-        start = 0 if image is None else self.start_step(num_inference_steps, denoise)
-        check_steps(num_inference_steps, start, None)
+        prompt_embeds, pooled_prompt_embeds, shape, start = self.check_call(
+            prompt_embeds, pooled_prompt_embeds, height=height, width=width,
+            num_inference_steps=num_inference_steps, latents=latents, image=image, denoise=denoise,
+            output_type=output_type)
+        batch = shape[0]
         noise = (self.prepare_latents(batch, height, width, seed) if latents is None
                  else self._unpacked(latents, shape, "latents"))
         clean = None

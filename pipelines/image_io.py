@@ -70,3 +70,34 @@ def save_images(images: np.ndarray, path: str | os.PathLike) -> list[Path]:
     if images.ndim != 4:
         raise ValueError(f"expected images [B, H, W, C], got shape {images.shape}")
     return [save_png(image, p) for image, p in zip(images, image_paths(path, len(images)))]
+
+
+def read_image(path: str | os.PathLike, height: int | None = None, width: int | None = None,
+               what: str = "--image") -> np.ndarray:
+    """An image file → uint8 RGB `[H, W, 3]`, resized (Lanczos, like diffusers' preprocessing) to
+    `height` × `width` when given."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such file {path}")
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if height and width and image.size != (width, height):
+            image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+        return np.asarray(image)
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 frames `[F, H, W, 3]` resized (Lanczos) to `height` × `width`."""
+    from PIL import Image
+
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), resample=Image.Resampling.LANCZOS))
+                     for f in frames])
+
+
+def fitted_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """(height, width) rounded down to `multiple` (at least `multiple`), as diffusers does."""
+    return max(multiple, height // multiple * multiple), max(multiple, width // multiple * multiple)

@@ -105,6 +105,13 @@ class WanPipeline:
         sequence_parallel: None, "ulysses" or "ring": split attention over the mesh's `seq` axis.
     """
 
+    output = "video"
+    # what an embeddings file holds: {name: (ndim with batch, required)}
+    CONDITIONING = {"prompt_embeds": (3, True), "negative_prompt_embeds": (3, False),
+                    "image_embeds": (3, False)}
+    SIZE, FRAMES, STEPS, GUIDANCE = (480, 832), 81, 50, 5.0
+    FPS, TI2V_FPS = 16, 24
+
     def __init__(self, transformer: nnx.Module, vae: nnx.Module,
                  scheduler_config: UniPCConfig | FlowMatchEulerConfig = WAN_SCHEDULER_CONFIG, *,
                  transformer_2: nnx.Module | None = None, boundary_ratio: float | None = None,
@@ -153,6 +160,34 @@ class WanPipeline:
         # configs are equal); parameters are arguments, the graph definition is closed over.
         self.denoise_steps = tuple(jax.jit(self._make_denoise_step(nnx.graphdef(m)))
                                    for m in experts)
+
+    @staticmethod
+    def default_scheduler(config) -> UniPCConfig:
+        """Wan's flow UniPC (shift 3, the 480p default) when no scheduler_config.json is given."""
+        return WAN_SCHEDULER_CONFIG
+
+    @classmethod
+    def from_models(cls, transformer, vae, scheduler_config, *, transformer_2=None, index=None, **options):
+        """The pipeline over loaded models (`pipelines.loading.load_pipeline`): with two experts the
+        switch is model_index.json's `boundary_ratio`; `expand_timesteps` is its flag, else on for the
+        Wan 2.2 VAE (TI2V-5B's residual VAE)."""
+        index = index or {}
+        boundary_ratio = index.get("boundary_ratio") if transformer_2 is not None else None
+        expand = bool(index.get("expand_timesteps", vae.config.is_residual))
+        return cls(transformer, vae, scheduler_config, transformer_2=transformer_2,
+                   boundary_ratio=boundary_ratio, expand_timesteps=expand, **options)
+
+    def defaults(self) -> dict:
+        """What `jaxdiff generate` uses for options not given (diffusers' WanPipeline defaults)."""
+        return dict(height=self.SIZE[0], width=self.SIZE[1], frames=self.FRAMES, steps=self.STEPS,
+                    guidance=self.GUIDANCE, fps=self.TI2V_FPS if self.expand_timesteps else self.FPS)
+
+    def random_conditioning(self, seed: int, text_tokens: int) -> dict[str, np.ndarray | None]:
+        """Stand-in prompt and negative embeddings N(0, 1) from `seed` (no text encoder)."""
+        rng = np.random.default_rng(seed)
+        shape = (1, text_tokens, self.transformer.config.text_dim)
+        return {"prompt_embeds": rng.standard_normal(shape, np.float32),
+                "negative_prompt_embeds": rng.standard_normal(shape, np.float32), "image_embeds": None}
 
     # -- sizes and modes
 
@@ -513,6 +548,40 @@ class WanPipeline:
 
     # -- all of it
 
+    def _video_frames(self, video, batch: int, height: int, width: int, num_frames: int) -> np.ndarray:
+        frames = np.asarray(video)
+        frames = pixels_at(frames[None] if frames.ndim == 4 else frames, batch, height, width, "video")
+        if frames.ndim != 5 or frames.shape[1] != num_frames:
+            raise ValueError(f"video must have num_frames={num_frames} frames [F, H, W, 3], got "
+                             f"{frames.shape}")
+        return frames
+
+    def check_call(self, prompt_embeds, negative_prompt_embeds=None, *, image=None, image_embeds=None,
+                   video=None, denoise: float = 1.0, height: int = 480, width: int = 832,
+                   num_frames: int = 81, num_inference_steps: int = 50, guidance_scale: float = 5.0,
+                   guidance_scale_2: float | None = None, latents=None, output_type: str = "np",
+                   **unchecked):
+        """Every check `__call__` makes before any compute (works on abstract models too); returns
+        (conditioning from `check_conditioning`, latent shape, first step)."""
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        num_inference_steps = _as_int(num_inference_steps, "num_inference_steps")
+        check_steps(num_inference_steps, 0, None)
+        self.check_inputs(height, width, num_frames)
+        start = 0 if video is None else self.start_step(num_inference_steps, denoise)
+        check_steps(num_inference_steps, start, None)
+        conditioning = self.check_conditioning(prompt_embeds, negative_prompt_embeds, image_embeds,
+                                               guidance_scale=guidance_scale, image_given=image is not None)
+        self._experts(image is not None, guidance_scale, guidance_scale_2)
+        shape = self.latent_shape(conditioning[0].shape[0], height, width, num_frames)
+        if latents is not None and jnp.shape(latents) != shape:
+            raise ValueError(f"latents must be {shape} [B, z, T', h, w], got {jnp.shape(latents)}")
+        if image is not None:
+            pixels_at(image, shape[0], height, width)
+        if video is not None:
+            self._video_frames(video, shape[0], height, width, num_frames)
+        return conditioning, shape, start
+
     def __call__(self, prompt_embeds, negative_prompt_embeds=None, *, image=None, image_embeds=None,
                  video=None, denoise: float = 1.0, height: int = 480, width: int = 832,
                  num_frames: int = 81, num_inference_steps: int = 50, guidance_scale: float = 5.0,
@@ -545,33 +614,17 @@ class WanPipeline:
         Returns:
             WanPipelineOutput(frames `[B, F, H, W, 3]` float32 0..1, latents `[B, z, T', h, w]`).
         """
-        # -- validate everything before any compute
-        if output_type not in ("np", "latent"):
-            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
-        num_inference_steps = _as_int(num_inference_steps, "num_inference_steps")
-        check_steps(num_inference_steps, 0, None)
-        self.check_inputs(height, width, num_frames)
-        start = 0 if video is None else self.start_step(num_inference_steps, denoise)
-        check_steps(num_inference_steps, start, None)
-        conditioning = self.check_conditioning(prompt_embeds, negative_prompt_embeds, image_embeds,
-                                               guidance_scale=guidance_scale, image_given=image is not None)
-        self._experts(image is not None, guidance_scale, guidance_scale_2)
-        batch = conditioning[0].shape[0]
-        shape = self.latent_shape(batch, height, width, num_frames)
-        if latents is None:
-            noise = self.prepare_latents(batch, height, width, num_frames, seed)
-        else:
-            noise = jnp.asarray(latents, jnp.float32)
-            if noise.shape != shape:
-                raise ValueError(f"latents must be {shape} [B, z, T', h, w], got {noise.shape}")
+        conditioning, shape, start = self.check_call(
+            prompt_embeds, negative_prompt_embeds, image=image, image_embeds=image_embeds, video=video,
+            denoise=denoise, height=height, width=width, num_frames=num_frames,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            guidance_scale_2=guidance_scale_2, latents=latents, output_type=output_type)
+        batch = shape[0]
+        noise = (self.prepare_latents(batch, height, width, num_frames, seed) if latents is None
+                 else jnp.asarray(latents, jnp.float32))
         clean = None
         if video is not None:
-            frames = np.asarray(video)
-            frames = pixels_at(frames[None] if frames.ndim == 4 else frames, batch, height, width, "video")
-            if frames.ndim != 5 or frames.shape[1] != num_frames:
-                raise ValueError(f"video must have num_frames={num_frames} frames [F, H, W, 3], got "
-                                 f"{frames.shape}")
-            clean = self._encode(pixels_in(frames, "video"))
+            clean = self._encode(pixels_in(self._video_frames(video, batch, height, width, num_frames), "video"))
         condition = self.image_condition(image, batch, height, width, num_frames)
 
         # -- denoise, decode

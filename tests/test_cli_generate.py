@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from jaxdiff import cli
-from jaxdiff.pipelines import cli as generate_cli
+from jaxdiff.families import FLUX
+from jaxdiff.pipelines import loading
+from jaxdiff.pipelines.flux import FluxPipeline
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +31,7 @@ def test_embedded_default_writes_a_non_constant_png(tmp_path, capsys):
     out = tmp_path / "sub" / "x.png"
     assert cli.main(["generate", "--out", str(out)]) == 0
     pixels = _read_png(out)
-    assert pixels.shape == (generate_cli.EMBEDDED_SIZE, generate_cli.EMBEDDED_SIZE, 3)
+    assert pixels.shape == (FLUX.embedded.height, FLUX.embedded.width, 3)
     assert pixels.std() > 1.0
     assert str(out) in capsys.readouterr().out
     assert [p.name for p in out.parent.iterdir()] == ["x.png"]  # no temp file left behind
@@ -74,9 +76,9 @@ def test_prompt_embeds_bad_suffix_and_missing_file(tmp_path):
     bad = tmp_path / "embeds.pt"
     bad.write_bytes(b"")
     with pytest.raises(ValueError, match=r"\.safetensors or \.npz"):
-        generate_cli.load_prompt_embeds(bad)
+        loading.read_conditioning(bad, FluxPipeline)
     with pytest.raises(FileNotFoundError, match="nope.npz"):
-        generate_cli.load_prompt_embeds(tmp_path / "nope.npz")
+        loading.read_conditioning(tmp_path / "nope.npz", FluxPipeline)
 
 
 def test_model_needs_prompt_embeds_and_vae(tmp_path, capsys):

@@ -11,11 +11,13 @@ from PIL import Image
 
 import jaxdiff
 from jaxdiff import cli
-from jaxdiff.pipelines import cli as generate_cli
+from jaxdiff.families import WAN
+from jaxdiff.pipelines import loading
+from jaxdiff.pipelines.wan import WanPipeline
 from jaxdiff.pipelines.video_io import read_video, save_video, save_videos
 
-SIDE = generate_cli.EMBEDDED_SIZE
-FRAMES = generate_cli.EMBEDDED_WAN_FRAMES
+SIDE = WAN.embedded.height
+FRAMES = WAN.embedded.frames
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +111,7 @@ def test_wan_embeds_need_prompt_embeds_key(tmp_path):
     embeds = tmp_path / "e.npz"
     np.savez(embeds, negative_prompt_embeds=np.zeros((1, 4, 16), np.float32))
     with pytest.raises(ValueError, match="lacks key prompt_embeds"):
-        generate_cli.load_wan_embeds(embeds)
+        loading.read_conditioning(embeds, WanPipeline)
 
 
 def test_model_needs_prompt_embeds(tmp_path, capsys):
@@ -132,8 +134,8 @@ def test_model_pipeline_dir_loads_both_experts_vae_and_scheduler(tmp_path, monke
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(
         {"_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction",
          "use_flow_sigmas": True, "flow_shift": 12.0}))
-    transformer, vae = generate_cli.build_embedded_wan()
-    transformer_2, _ = generate_cli.build_embedded_wan()
+    transformer, vae = loading.embedded_models("wan")
+    transformer_2, _ = loading.embedded_models("wan")
     loaded = []
 
     def fake_load_model(path, *, dtype=None, **kw):
@@ -209,18 +211,18 @@ def test_generate_runs_a_saved_diffusers_pipeline_dir(saved_a14b, tmp_path):
 
 def test_wan_scheduler_from_config_and_sampler_override(tmp_path):
     from jaxdiff.schedulers.flow_match import FlowMatchEulerConfig
-    from jaxdiff.schedulers.unipc import UniPCConfig
+    from jaxdiff.schedulers.unipc import WAN_SCHEDULER_CONFIG, UniPCConfig
 
     config = tmp_path / "scheduler_config.json"
     config.write_text(json.dumps({"_class_name": "UniPCMultistepScheduler", "flow_shift": 5.0,
                                   "prediction_type": "flow_prediction", "use_flow_sigmas": True}))
-    unipc = generate_cli.wan_scheduler(tmp_path, None)
+    unipc = loading.scheduler_config(tmp_path, WAN_SCHEDULER_CONFIG)
     assert isinstance(unipc, UniPCConfig) and unipc.flow_shift == 5.0
-    euler = generate_cli.wan_scheduler(config, "euler")
+    euler = loading.scheduler_config(config, WAN_SCHEDULER_CONFIG, "euler")
     assert isinstance(euler, FlowMatchEulerConfig) and euler.shift == 5.0
     config.write_text(json.dumps({"_class_name": "DDIMScheduler"}))
     with pytest.raises(ValueError, match="DDIMScheduler"):
-        generate_cli.wan_scheduler(config, None)
+        loading.scheduler_config(config, WAN_SCHEDULER_CONFIG)
 
 
 # ----------------------------------------------------------------------------- video_io

@@ -10,7 +10,7 @@ from flax import nnx
 pytest.importorskip("flatbuffers")  # jax's Exported (de)serialisation needs it
 
 from jaxdiff import cli  # noqa: E402
-from jaxdiff.pipelines import cli as generate_cli  # noqa: E402
+from jaxdiff.pipelines import loading  # noqa: E402
 from jaxdiff.pipelines.export import (export_denoise_step, load_exported_step, step_shapes,  # noqa: E402
                                       step_weights)
 from jaxdiff.pipelines.flux import FluxPipeline  # noqa: E402
@@ -20,8 +20,7 @@ TOL = 1e-6
 
 
 def _pipeline(guidance_embeds: bool, monkeypatch) -> FluxPipeline:
-    monkeypatch.setitem(generate_cli.EMBEDDED_TRANSFORMER, "guidance_embeds", guidance_embeds)
-    return FluxPipeline(*generate_cli.build_embedded())
+    return FluxPipeline(*loading.embedded_models("flux", transformer_overrides={"guidance_embeds": guidance_embeds}))
 
 
 def _args(pipe, batch: int):
