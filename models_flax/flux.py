@@ -320,3 +320,30 @@ class FluxTransformer2DModel(nnx.Module):
 
         scale, shift = self.norm_out(temb, dtype)
         return self.proj_out(_modulate(img, shift, scale))
+
+
+# ----------------------------------------------------------------------------- example inputs
+
+# Logical axes of the forward inputs (placement on a mesh; `families` names this table).
+INPUT_AXES = {"hidden_states": ("batch", "seq", None), "encoder_hidden_states": ("batch", None, None),
+              "pooled_projections": ("batch", None), "timestep": ("batch",), "img_ids": (None, None),
+              "txt_ids": (None, None), "guidance": ("batch",)}
+EXAMPLE_GUIDANCE = 3.5
+
+
+def example_inputs(config: FluxConfig, sizes, seed: int = 0) -> dict[str, np.ndarray | None]:
+    """Random float32 forward arguments for `sizes` (`families.Sizes`: height × width packed tokens,
+    text_tokens, batch) with FluxPipeline's id layout: ids (0, row, col), zero text ids, sigma in
+    (0.05, 0.95), guidance 3.5 when the model takes it."""
+    rng = np.random.default_rng(seed)
+    b, h, w, t = sizes.batch, sizes.height, sizes.width, sizes.text_tokens
+    img_ids = np.zeros((h, w, 3), np.float32)
+    img_ids[..., 1] = np.arange(h, dtype=np.float32)[:, None]
+    img_ids[..., 2] = np.arange(w, dtype=np.float32)[None, :]
+    return dict(
+        hidden_states=rng.standard_normal((b, h * w, config.in_channels), np.float32),
+        encoder_hidden_states=rng.standard_normal((b, t, config.joint_attention_dim), np.float32),
+        pooled_projections=rng.standard_normal((b, config.pooled_projection_dim), np.float32),
+        timestep=rng.uniform(0.05, 0.95, (b,)).astype(np.float32),  # sigma; ×1000 inside
+        img_ids=img_ids.reshape(-1, 3), txt_ids=np.zeros((t, 3), np.float32),
+        guidance=np.full((b,), EXAMPLE_GUIDANCE, np.float32) if config.guidance_embeds else None)

@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
@@ -311,3 +312,13 @@ class AutoencoderKL(GaussianPosterior, nnx.Module):
     def unscale_latents(self, z: jax.Array) -> jax.Array:
         """The diffusion model's latent → raw VAE latent: z / scaling + shift."""
         return z / self.config.scaling_factor + (self.config.shift_factor or 0.0)
+
+
+def example_inputs(config: AutoencoderKLConfig, sizes, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 inputs for `sizes` (`families.Sizes`: latent height × width, batch): an image
+    in [−1, 1] to encode (`sample`, NCHW) and a latent to decode (`latent`)."""
+    rng = np.random.default_rng(seed)
+    f = 2 ** (len(config.block_out_channels) - 1)
+    b, h, w = sizes.batch, sizes.height, sizes.width
+    return dict(sample=rng.uniform(-1.0, 1.0, (b, config.in_channels, h * f, w * f)).astype(np.float32),
+                latent=rng.standard_normal((b, config.latent_channels, h, w), np.float32))

@@ -23,6 +23,7 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
@@ -597,3 +598,13 @@ class AutoencoderKLWan(GaussianPosterior, nnx.Module):
         """The transformer's latent → raw VAE latent: z · std + mean (WanPipeline before decode)."""
         mean, std = self._latent_stats(z.dtype)
         return z * std + mean
+
+
+def example_inputs(config: WanVAEConfig, sizes, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 inputs for `sizes` (`families.Sizes`: latent frames × height × width, batch): a
+    video in [−1, 1] of 1 + 4·(frames − 1) frames to encode (`sample`, NCTHW) and a latent to decode."""
+    rng = np.random.default_rng(seed)
+    fs, ft = config.scale_factor_spatial or 8, config.scale_factor_temporal or 4
+    b, t, h, w = sizes.batch, sizes.frames, sizes.height, sizes.width
+    return dict(sample=rng.uniform(-1.0, 1.0, (b, 3, 1 + ft * (t - 1), h * fs, w * fs)).astype(np.float32),
+                latent=rng.standard_normal((b, config.z_dim, t, h, w), np.float32))

@@ -355,3 +355,27 @@ class WanTransformer3DModel(nnx.Module):
         mod = table + temb.astype(jnp.float32)[:, :, None]  # [B, T, 2, D]
         x = _modulated(self.norm_out, x, mod[:, :, 0], mod[:, :, 1])
         return self._unpatchify(self.proj_out(x), grid)
+
+
+# ----------------------------------------------------------------------------- example inputs
+
+# Logical axes of the forward inputs (placement on a mesh; `families` names this table).
+INPUT_AXES = {"hidden_states": ("batch", None, "seq", None, None), "timestep": ("batch",),
+              "encoder_hidden_states": ("batch", None, None),
+              "encoder_hidden_states_image": ("batch", None, None)}
+
+
+def example_inputs(config: WanConfig, sizes, seed: int = 0) -> dict[str, np.ndarray | None]:
+    """Random float32 forward arguments for `sizes` (`families.Sizes`: frames × height × width
+    latents, text_tokens, image_tokens for I2V, batch); timestep in (50, 950)."""
+    rng = np.random.default_rng(seed)
+    b = sizes.batch
+    image = None
+    if config.image_dim is not None:
+        image = rng.standard_normal((b, sizes.image_tokens or 257, config.image_dim), np.float32)
+    return dict(
+        hidden_states=rng.standard_normal((b, config.in_channels, sizes.frames, sizes.height, sizes.width),
+                                          np.float32),
+        timestep=rng.uniform(50.0, 950.0, (b,)).astype(np.float32),
+        encoder_hidden_states=rng.standard_normal((b, sizes.text_tokens, config.text_dim), np.float32),
+        encoder_hidden_states_image=image)
