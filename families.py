@@ -48,7 +48,7 @@ def resolve(ref: Any) -> Any:
 # ----------------------------------------------------------------------------- rows
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # rows compare and hash by identity
 class Layout:
     """A single-file checkpoint layout (keys named otherwise than diffusers names them).
 
@@ -70,7 +70,7 @@ class Layout:
     torch_keymap: Any = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # rows compare and hash by identity
 class ModelKind:
     """One loadable model. `name` is what converted checkpoints record (`jaxdiff.json` "family")."""
 
@@ -110,7 +110,7 @@ class Sizes:
     image_tokens: int = 0  # CLIP-vision tokens (Wan 2.1 I2V)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # rows compare and hash by identity
 class Preset:
     """A released model's shapes, for planning and benchmarking without weights: `transformer` and
     `vae` are config.json field values (a dict) or an import string naming a config object; `vae`
@@ -129,7 +129,7 @@ class Preset:
     expand_timesteps: bool = False  # per-token timesteps (Wan 2.2 TI2V-5B)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # rows compare and hash by identity
 class Embedded:
     """The tiny random-weight model `jaxdiff generate` runs without `--model` (fixed weights)."""
 
@@ -143,7 +143,7 @@ class Embedded:
     image_transformer: Mapping[str, Any] | None = None  # overrides for image-to-video (`--image`)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # rows compare and hash by identity
 class Family:
     """A pipeline family: what `jaxdiff generate --family NAME` runs."""
 

@@ -215,9 +215,10 @@ def build(make, init: str, mesh=None):
     from flax import nnx
 
     if init == "host":
-        from ..pipelines.cli import build_from_host
+        from ..models_flax.build import random_state
 
-        module = build_from_host(make)
+        graphdef, abstract = nnx.split(nnx.eval_shape(make))
+        module = nnx.merge(graphdef, random_state(abstract, 0))
         if mesh is not None:
             from ..sharding import shard_module
 
@@ -259,12 +260,12 @@ def denoise_program(setup: Setup, transformer, vae, *, mesh=None, attention: str
     b, c = setup.batch, setup.transformer
     options = dict(mesh=mesh, attention=attention, sequence_parallel=sequence_parallel)
     if setup.family == "flux":
-        from ..pipelines.flux import LATENT_AXES, FluxPipeline, latent_image_ids, text_ids
+        from ..pipelines.flux import LATENT_AXES, FluxPipeline, latent_image_ids, pack_latents, text_ids
 
         pipe = FluxPipeline(transformer, vae, **options)
         put = pipe.placement.put
         h, w = setup.height // pipe.vae_scale_factor, setup.width // pipe.vae_scale_factor
-        latents = pipe.prepare_latents(b, setup.height, setup.width, setup.seed)
+        latents = pack_latents(pipe.prepare_latents(b, setup.height, setup.width, setup.seed))
         f32 = lambda x: put(np.float32(x))
         args = (nnx.state(transformer), put(latents, LATENT_AXES), f32(SIGMA), f32(SIGMA),
                 f32(SIGMA - 1 / setup.steps), put(normal(b, setup.text_tokens, c.joint_attention_dim),
@@ -574,14 +575,10 @@ def time_decode(setup: Setup, pipe, vae, latents, log) -> float:
 
     if setup.family == "flux":
         h, w = setup.height // pipe.vae_scale_factor, setup.width // pipe.vae_scale_factor
-        state = nnx.state(vae)
-        from ..pipelines.placement import vae_attention_context
-
-        def decode():
-            with vae_attention_context():  # as FluxPipeline.__call__ decodes
-                return jax.block_until_ready(pipe.decode_latents(state, latents, h, w))
+        raw = pipe.to_raw(latents, h, w)
     else:
-        decode = lambda: pipe.decode(latents)  # numpy frames: done when it returns
+        raw = pipe.to_raw(latents)
+    decode = lambda: pipe.decode(raw)  # numpy: done when it returns
     first, _ = common.timed(decode)
     seconds, _ = common.timed(decode)
     log(f"decode: first call {first:.1f} s (compiles), then {seconds:.2f} s")

@@ -58,6 +58,13 @@ class AutoencoderKLConfig(ConfigIO):
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
 
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent along height and width (2 per downsampling block)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    temporal_factor = 1  # images: one latent per image
+
     def to_dict(self) -> dict[str, Any]:
         """Field values as stored (tuples stay tuples, unlike `ConfigIO.to_dict`): the VAE tests compare
         them with `from_dict`'s tuples. `json.dumps` writes them as lists all the same."""

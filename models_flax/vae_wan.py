@@ -88,6 +88,20 @@ class WanVAEConfig(ConfigIO):
     scale_factor_temporal: int | None = 4
     scale_factor_spatial: int | None = 8
 
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent along height and width (8; 16 for the 2.2 VAE)."""
+        return self.scale_factor_spatial or 8
+
+    @property
+    def temporal_factor(self) -> int:
+        """Frames per latent frame after the first (4)."""
+        return self.scale_factor_temporal or 4
+
+    @property
+    def latent_channels(self) -> int:
+        return self.z_dim
+
     def to_dict(self) -> dict[str, Any]:
         """Field values as stored (tuples stay tuples, unlike `ConfigIO.to_dict`): the VAE tests compare
         them with `from_dict`'s tuples. `json.dumps` writes them as lists all the same."""

@@ -206,6 +206,11 @@ class FluxPipeline:
             raise ValueError(f"height and width must be positive multiples of {multiple} (VAE "
                              f"factor {self.vae_scale_factor} × 2×2 packing), got {height}×{width}")
 
+    @staticmethod
+    def image_tokens(config, latent_shape) -> int:
+        """Transformer image tokens of raw latents `(B, C, h, w)`: 2×2 packing."""
+        return (latent_shape[-2] // PATCH) * (latent_shape[-1] // PATCH)
+
     def check_inputs(self, height: int, width: int, num_frames: int | None = None) -> None:
         """`check_size` (images have no frame count; `num_frames` must be None)."""
         if num_frames is not None:

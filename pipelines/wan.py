@@ -218,6 +218,12 @@ class WanPipeline:
             raise ValueError(f"height and width must be positive multiples of {m} (VAE factor "
                              f"{self.vae_scale_factor_spatial} × patch), got {height}×{width}")
 
+    @staticmethod
+    def image_tokens(config, latent_shape) -> int:
+        """Transformer video tokens of latents `(B, z, T', h, w)`: one per (1, 2, 2) patch."""
+        pt, ph, pw = config.patch_size
+        return (latent_shape[-3] // pt) * (latent_shape[-2] // ph) * (latent_shape[-1] // pw)
+
     def latent_shape(self, batch: int, height: int, width: int, num_frames: int) -> tuple[int, ...]:
         """`(B, z, T', h, w)` with T' = (F − 1)/4 + 1."""
         f = self.vae_scale_factor_spatial
