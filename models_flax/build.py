@@ -5,7 +5,7 @@
   the planner counts; nothing is allocated.
 - `random_module(model_cls, config, dtype, seed)`: the same module with random weights drawn on the
   host by numpy from each parameter's own init rule (`layers.param` records it), then put on the
-  default device. Eager `jax.random` init of a few hundred small parameters costs ~20 s of dispatch
+  default device (the rule each `layers.param` records). Eager `jax.random` init of a few hundred small parameters costs ~20 s of dispatch
   and compile on CPU; numpy takes well under a second, so the embedded default starts at once.
 
 Imports jax/flax and layers.py only.
@@ -18,21 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import math
-
-
-def host_init(path, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """A float32 init value for the parameter at `path` (bias 0; norm `scale` / Wan VAE `gamma` 1;
-    kernels N(0, 0.02²) for Linear, N(0, 1/fan_in) for convolutions and tables)."""
-    name = [p for p in path if isinstance(p, str)][-1]
-    if name == "bias":
-        value = np.zeros(shape)
-    elif name in ("scale", "gamma"):
-        value = np.ones(shape)
-    else:
-        std = 0.02 if len(shape) <= 2 else 1.0 / math.sqrt(math.prod(shape[:-1]))
-        value = std * rng.standard_normal(shape)
-    return value.astype(np.float32)
 
 
 def abstract_split(model_cls, config, dtype) -> tuple[nnx.GraphDef, nnx.State]:
@@ -49,7 +34,11 @@ def random_state(state: nnx.State, seed: int) -> nnx.State:
     flat = []
     for path, var in nnx.to_flat_state(state):
         value = var.get_value()
-        drawn = host_init(tuple(path), tuple(value.shape), rng)
+        rule = var.get_metadata().get("init_rule")
+        if rule is None:
+            raise ValueError(f"parameter {'.'.join(map(str, path))} has no init rule (made without "
+                             "layers.param)")
+        drawn = rule.host(rng, tuple(value.shape))
         flat.append((path, var.replace(jnp.asarray(drawn, value.dtype))))
     return nnx.from_flat_state(flat)
 

@@ -58,13 +58,39 @@ def shard_activation(x: jax.Array, axes: Axes) -> jax.Array:
     return x if constrain is None else constrain(x, axes)
 
 
-def param(value: jax.Array, axes: Axes) -> nnx.Param:
-    """A parameter with logical axis names; placement on a mesh happens later (sharding/)."""
-    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+@dataclasses.dataclass(frozen=True)
+class Init:
+    """A parameter's init rule: N(0, std²) when `std` > 0, else the constant `value`. Recorded on the
+    parameter (`init_rule` metadata), so random weights can be drawn by numpy on the host from the
+    same rule (models_flax/build.py) instead of a re-encoded copy of it."""
+
+    std: float = 0.0
+    value: float = 0.0
+
+    def __call__(self, rngs: nnx.Rngs | None, shape: tuple[int, ...], dtype) -> jax.Array:
+        if self.std:
+            return (self.std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+        return jnp.full(shape, self.value, dtype)
+
+    def host(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """The same rule drawn by numpy, float32."""
+        if self.std:
+            return (self.std * rng.standard_normal(shape)).astype(np.float32)
+        return np.full(shape, self.value, np.float32)
 
 
-def _normal(rngs: nnx.Rngs, shape: Sequence[int], dtype, std: float = INIT_STD) -> jax.Array:
-    return (std * jax.random.normal(rngs.params(), tuple(shape), jnp.float32)).astype(dtype)
+ZEROS, ONES = Init(), Init(value=1.0)
+
+
+def normal(std: float = INIT_STD) -> Init:
+    return Init(std=std)
+
+
+def param(init: Init, shape: Sequence[int], dtype, axes: Axes, rngs: nnx.Rngs | None = None) -> nnx.Param:
+    """A parameter drawn by `init`, with logical axis names (placement on a mesh happens later,
+    sharding/) and its init rule as metadata."""
+    return nnx.Param(init(rngs, tuple(shape), dtype), out_sharding=tuple(axes), eager_sharding=False,
+                     init_rule=init)
 
 
 class Linear(nnx.Module):
@@ -73,8 +99,8 @@ class Linear(nnx.Module):
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
                  axes: Axes = ("embed", "mlp"), param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.in_features, self.out_features = in_features, out_features
-        self.kernel = param(_normal(rngs, (in_features, out_features), param_dtype), axes)
-        self.bias = (param(jnp.zeros((out_features,), param_dtype), (axes[1],))
+        self.kernel = param(normal(), (in_features, out_features), param_dtype, axes, rngs)
+        self.bias = (param(ZEROS, (out_features,), param_dtype, (axes[1],))
                      if use_bias else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -90,8 +116,8 @@ class Embed(nnx.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, *, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.embedding = param(_normal(rngs, (num_embeddings, embedding_dim), param_dtype),
-                               ("vocab", "embed"))
+        self.embedding = param(normal(), (num_embeddings, embedding_dim), param_dtype, ("vocab", "embed"),
+                               rngs)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """`[...]` integer ids → `[..., dim]` rows, in the parameter dtype."""
@@ -123,9 +149,9 @@ class LayerNorm(nnx.Module):
                  use_bias: bool = True, axis_name: str | None = "embed",
                  param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         self.eps = eps
-        self.scale = (param(jnp.ones((dim,), param_dtype), (axis_name,))
+        self.scale = (param(ONES, (dim,), param_dtype, (axis_name,))
                       if elementwise_affine else None)
-        self.bias = (param(jnp.zeros((dim,), param_dtype), (axis_name,))
+        self.bias = (param(ZEROS, (dim,), param_dtype, (axis_name,))
                      if elementwise_affine and use_bias else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -140,7 +166,7 @@ class RMSNorm(nnx.Module):
                  axis_name: str | None = None, param_dtype=jnp.float32,
                  rngs: nnx.Rngs | None = None):
         self.eps = eps
-        self.scale = (param(jnp.ones((dim,), param_dtype), (axis_name,))
+        self.scale = (param(ONES, (dim,), param_dtype, (axis_name,))
                       if elementwise_affine else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -158,8 +184,8 @@ class GroupNorm(nnx.Module):
     def __init__(self, num_groups: int, num_channels: int, *, eps: float = 1e-6,
                  param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         self.num_groups, self.eps = num_groups, eps
-        self.scale = param(jnp.ones((num_channels,), param_dtype), ("conv_out",))
-        self.bias = param(jnp.zeros((num_channels,), param_dtype), ("conv_out",))
+        self.scale = param(ONES, (num_channels,), param_dtype, ("conv_out",))
+        self.bias = param(ZEROS, (num_channels,), param_dtype, ("conv_out",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
@@ -187,10 +213,9 @@ class Conv(nnx.Module):
         self.padding = (((padding, padding),) * ndim if isinstance(padding, int)
                         else tuple(tuple(p) for p in padding))
         fan_in = in_channels * math.prod(ks)
-        self.kernel = param(_normal(rngs, (*ks, in_channels, out_channels), param_dtype,
-                                    std=1.0 / math.sqrt(fan_in)),
-                            (None,) * ndim + ("conv_in", "conv_out"))
-        self.bias = (param(jnp.zeros((out_channels,), param_dtype), ("conv_out",))
+        self.kernel = param(normal(1.0 / math.sqrt(fan_in)), (*ks, in_channels, out_channels), param_dtype,
+                            (None,) * ndim + ("conv_in", "conv_out"), rngs)
+        self.bias = (param(ZEROS, (out_channels,), param_dtype, ("conv_out",))
                      if use_bias else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ..kernels.attention import attention
-from .layers import ConfigIO, Conv, GaussianPosterior, param
+from .layers import ONES, ConfigIO, Conv, GaussianPosterior, param
 
 CACHE_T = 2  # frames a causal conv keeps from the previous chunk (its time padding)
 ENCODE_CHUNK_FRAMES = 4  # frames per encoder chunk after the first frame
@@ -177,7 +177,7 @@ class RMSNorm(nnx.Module):
     def __init__(self, dim: int, *, images: bool = True, param_dtype=jnp.float32):
         shape = (dim, 1, 1) if images else (dim, 1, 1, 1)
         self.dim = dim
-        self.gamma = param(jnp.ones(shape, param_dtype), ("conv_out",) + (None,) * (len(shape) - 1))
+        self.gamma = param(ONES, shape, param_dtype, ("conv_out",) + (None,) * (len(shape) - 1))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype

@@ -26,7 +26,8 @@ from flax import nnx
 
 from ..kernels.attention import attention
 from .layers import (TOKENS, ConfigIO, Conv, FeedForward, LayerNorm, Linear, MLPEmbedding, RMSNorm,
-                     apply_rope, gelu_tanh, param, shard_activation, timestep_projection)
+                     ZEROS, apply_rope, gelu_tanh, normal, param, shard_activation,
+                     timestep_projection)
 
 ROPE_THETA = 10000.0
 NUM_MODULATIONS = 6  # shift/scale/gate for self-attention and for the FFN
@@ -125,8 +126,8 @@ class WanImageEmbedding(nnx.Module):
         self.ff = FeedForward(in_features, in_features, dim, approximate=False, in_axis=None,
                               param_dtype=param_dtype, rngs=rngs)
         self.norm2 = LayerNorm(dim, eps=IMAGE_NORM_EPS, param_dtype=param_dtype)
-        self.pos_embed = (param(jnp.zeros((1, pos_embed_seq_len, in_features), param_dtype),
-                                (None, None, None)) if pos_embed_seq_len is not None else None)
+        self.pos_embed = (param(ZEROS, (1, pos_embed_seq_len, in_features), param_dtype, (None, None, None))
+                          if pos_embed_seq_len is not None else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.pos_embed is not None:
@@ -243,9 +244,8 @@ class WanTransformerBlock(nnx.Module):
         self.norm2 = LayerNorm(dim, eps=c.eps, param_dtype=param_dtype) if c.cross_attn_norm else None
         self.ffn = FeedForward(dim, c.ffn_dim, approximate=True, **kw)
         self.norm3 = LayerNorm(dim, eps=c.eps, elementwise_affine=False)
-        self.scale_shift_table = param(
-            jax.random.normal(rngs.params(), (1, NUM_MODULATIONS, dim), jnp.float32).astype(param_dtype)
-            / math.sqrt(dim), (None, None, None))
+        self.scale_shift_table = param(normal(1.0 / math.sqrt(dim)), (1, NUM_MODULATIONS, dim), param_dtype,
+                                       (None, None, None), rngs)
 
     def __call__(self, x: jax.Array, context: jax.Array, image_context: jax.Array | None,
                  modulation: jax.Array, rope) -> jax.Array:
@@ -282,9 +282,8 @@ class WanTransformer3DModel(nnx.Module):
         self.norm_out = LayerNorm(dim, eps=c.eps, elementwise_affine=False)
         self.proj_out = Linear(dim, c.output_channels * math.prod(c.patch_size), axes=("embed", None),
                                **kw)
-        self.scale_shift_table = param(
-            jax.random.normal(rngs.params(), (1, 2, dim), jnp.float32).astype(param_dtype)
-            / math.sqrt(dim), (None, None, None))
+        self.scale_shift_table = param(normal(1.0 / math.sqrt(dim)), (1, 2, dim), param_dtype,
+                                       (None, None, None), rngs)
 
     def _embed_patches(self, x: jax.Array) -> jax.Array:
         """Conv3d with kernel = stride = patch as one einsum: `[B, C, F, H, W]` → `[B, F'·H'·W', D]`."""
