@@ -1,8 +1,14 @@
 """Sampling pipelines (host loop + jitted steps). May import models_flax, schedulers, sharding, kernels.
 
-- `flux`: Flux text-to-image from precomputed prompt embeddings (`FluxPipeline`).
-- `wan`: Wan 2.1 / 2.2 video (T2V, I2V, two-expert A14B, TI2V-5B) from precomputed embeddings.
-- `cli`: the `jaxdiff generate` subcommand (kept import-light).
+- `flux`: Flux text-to-image / image-to-image from precomputed prompt embeddings (`FluxPipeline`).
+- `wan`: Wan 2.1 / 2.2 video (T2V, I2V, two-expert A14B, TI2V-5B, video-to-video) from precomputed
+  embeddings (`WanPipeline`). Both are prepare → sample → decode, each step public.
+- `loop`: the denoise loop both run; `inputs`: pixel/denoise input rules they share.
+- `loading`: the library loading API (`load_pipeline`, `build_random`, `embedded_pipeline`,
+  `scheduler_config`, `read_conditioning`); the only pipelines module that reaches the converter, and
+  only through `jaxdiff.load_model`.
+- `presets`: released model shapes from the family registry; `plan`: `jaxdiff plan`.
+- `cli`: the `jaxdiff generate` subcommand (argument parsing and output writing; kept import-light).
 - `compile_cache`: the persistent XLA compile cache (`enable_compile_cache`) and `track_compiles`.
 - `export`: `jax.export` of a fixed-shape Flux denoise step (`export_denoise_step`, `load_exported_step`).
 - `image_io` / `video_io`: writing 0..1 float images as PNG, frames as MP4 / animated WebP.
@@ -25,6 +31,9 @@ _LAZY = {
     "save_video": ".video_io",
     "save_videos": ".video_io",
     "read_video": ".video_io",
+    "load_pipeline": ".loading",
+    "build_random": ".loading",
+    "embedded_pipeline": ".loading",
     "enable_compile_cache": ".compile_cache",
     "track_compiles": ".compile_cache",
     "CompileStats": ".compile_cache",
