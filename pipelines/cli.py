@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .. import families
 
+DEFAULT_FAMILY = "flux"  # what runs without --family and --model
 DEFAULT_OUT = {"image": "out/jaxdiff.png", "video": "out/jaxdiff.mp4"}
 # kernels/attention.py IMPLEMENTATIONS / SEQUENCE_PARALLEL (not imported here: it imports jax)
 ATTENTION_CHOICES = ("auto", "xla", "cudnn", "splash")
@@ -169,17 +170,17 @@ def check_arguments(args) -> families.Family:
 
 
 def _detected_family(model) -> str:
-    """The family of the transformer at `model` (headers only), else flux."""
+    """The family of the transformer at `model` (headers only), else DEFAULT_FAMILY."""
     if model is None or not Path(model).exists():
-        return "flux"
+        return DEFAULT_FAMILY
     from ..convert.loader import detect_kind
 
     try:
         kind = detect_kind(model)
     except (ValueError, FileNotFoundError):
-        return "flux"  # the loader says what is wrong when it runs
+        return DEFAULT_FAMILY  # the loader says what is wrong when it runs
     family = families.family_of(kind)
-    return family.name if family is not None else "flux"
+    return family.name if family is not None else DEFAULT_FAMILY
 
 
 def setup_runtime(args):
