@@ -158,6 +158,9 @@ class Family:
     # `jaxdiff generate` options beyond the common ones that this family takes (argument dest names)
     options: tuple[str, ...] = ()
     flops: Any = None  # flops(config, sizes) -> {term: FLOPs} of one forward (benchmarks/flops.py)
+    # what `jaxdiff plan` knows of the family beyond its modules' shapes (which tokens the blocks see,
+    # each block phase's live tensors, how the VAE decodes): a pipelines.plan_estimates.FamilyEstimates
+    plan_estimates: Any = None
     # bench --shape reduced: config fields and sizes of the CPU-sized run
     reduced: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -210,6 +213,7 @@ FLUX = Family(
                  use_quant_conv=False, use_post_quant_conv=False)),
     options=("init_image", "export_step"),
     flops="benchmarks.flops:flux_forward",
+    plan_estimates="pipelines.plan_estimates:FLUX",
     reduced=dict(num_layers=1, num_single_layers=2, num_attention_heads=4, height=256, width=256,
                  text_tokens=128))
 
@@ -269,6 +273,7 @@ WAN = Family(
         frames=9, image_transformer=dict(in_channels=36)),
     options=("frames", "image", "guidance_2", "sampler", "fps", "init_video"),
     flops="benchmarks.flops:wan_forward",
+    plan_estimates="pipelines.plan_estimates:WAN",
     reduced=dict(num_layers=2, num_attention_heads=4, height=256, width=256, frames=9, text_tokens=128))
 
 

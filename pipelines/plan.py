@@ -30,6 +30,12 @@ What is exact and what is estimated (all per device):
   checks the estimate, not the TPU/GPU compiler: tests/test_plan.py holds it within 0.5–2×
   (measured 0.6–1.5× in float32).
 
+Nothing here branches on a family: modules come from the preset's registry row (`row.transformer`,
+`row.vae`), the block stacks are the model's top-level `nnx.List`s (their depth, the FFN width as the
+widest `mlp` dimension in them, the one-block copy), the compile check's inputs are the kind's
+`example_inputs` / `input_axes`, and what shapes cannot say (which tokens the blocks see, each block
+phase's live tensors, how the VAE decodes) is the row's `plan_estimates` (pipelines/plan_estimates.py).
+
 Top-level imports stay light (no jax) so `jaxdiff --help` is fast.
 """
 
@@ -47,14 +53,12 @@ GIB = 2 ** 30
 ATTENTION = ("flash", "xla")
 SEQUENCE_PARALLEL = ("ulysses", "ring")
 MESH_AXES = ("data", "fsdp", "tensor", "seq")  # sharding.mesh.MESH_AXES (not imported: no jax for --help)
-CLIP_IMAGE_TOKENS = 257  # CLIP ViT-H/14 features per image (Wan I2V cross-attention)
 VAE_WORKING_COPIES = 3  # live copies of the largest decoder activation (input, norm/conv out, residual)
 # XLA:CPU's YNNPACK fusion runs softmax attention without the logits in its buffer assignment, which
 # would hide exactly the workspace `--attention xla` is about; TPU/GPU XLA has no such fusion.
 CPU_COMPILE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 SEARCH_COLUMNS = {"params": "transformer_params", "acts": "activations", "gather": "fsdp_gather",
                   "denoise": "denoise_peak", "decode": "decode_peak", "peak": "peak"}
-TRANSFORMER_CLASSES = {"FluxTransformer2DModel": "flux", "WanTransformer3DModel": "wan"}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -104,12 +108,58 @@ def parse_mesh(spec: str) -> tuple[dict[str, int], tuple[str, ...]]:
     return {axis: sizes.get(axis, 1) for axis in MESH_AXES}, tuple(sizes)
 
 
+def _read_config(path) -> tuple[str | None, dict[str, Any]]:
+    """(class name, config fields) of a diffusers `config.json` or a converted `jaxdiff.json`."""
+    data = json.loads(path.read_text())
+    if "class_name" in data:  # jaxdiff.json: {"format", "class_name", "config", …}
+        return data["class_name"], data.get("config", data)
+    return data.get("_class_name"), data
+
+
+def _base_preset(row, config):
+    """The family's preset whose transformer fits `config` best: the same input and output channels
+    first (the latents it takes and gives back), then the most config fields in common; the first on
+    ties (the registry lists a family's plainest release first)."""
+    if not row.presets:
+        raise ValueError(f"family {row.name!r} has no presets to take a VAE and defaults from")
+    from . import presets
+
+    given = dataclasses.asdict(config)
+
+    def fit(preset):
+        have = dataclasses.asdict(preset.transformer)
+        same = {k for k, v in given.items() if have.get(k) == v}
+        return {"in_channels", "out_channels"} <= same, len(same)
+
+    return max((presets.get_preset(p.name) for p in row.presets), key=fit)
+
+
+def _pipeline_vae(found, row):
+    """The VAE config of the diffusers pipeline dir `found` sits in (`<dir>/<model>/config.json` with
+    `<dir>/vae/config.json` beside it), else None; a VAE of another family's kind is an error."""
+    if found.parent.name == "vae":
+        return None
+    vae = next((found.parent.parent / "vae" / name for name in ("config.json", "jaxdiff.json")
+                if (found.parent.parent / "vae" / name).is_file()), None)
+    if vae is None:
+        return None
+    class_name, config = _read_config(vae)
+    if class_name != row.vae.class_name:
+        raise ValueError(f"{vae}: class {class_name!r}, but the {row.name} family's VAE is "
+                         f"{row.vae.class_name}")
+    config_cls, _ = row.vae.classes()
+    return config_cls.from_dict(config)
+
+
 def preset_from_config(path: str):
     """A Preset for a diffusers transformer `config.json`, a directory holding one, or a converted
-    jaxdiff checkpoint directory (`jaxdiff.json`); VAE and defaults from the matching release."""
+    jaxdiff checkpoint directory (`jaxdiff.json`). The family is the registry's whose transformer
+    class the config names; the VAE is the pipeline dir's own (`vae/config.json` beside the
+    transformer's dir) when there is one, else that of the family's preset whose transformer fits
+    (`_base_preset`), which also gives the defaults (size, steps, guidance passes, experts)."""
     from pathlib import Path
 
-    from . import presets
+    from .. import families
 
     p = Path(path)
     candidates = ([p] if p.is_file()
@@ -117,27 +167,33 @@ def preset_from_config(path: str):
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise FileNotFoundError(f"no config found at {path} (looked for {', '.join(map(str, candidates))})")
-    data = json.loads(found.read_text())
-    class_name = data.get("class_name") or data.get("_class_name")
-    config = data.get("config", data) if "class_name" in data else data
-    family = TRANSFORMER_CLASSES.get(class_name)
-    if family is None:
-        raise ValueError(f"{found}: class {class_name!r} is not a transformer plan knows; "
-                         f"known: {', '.join(TRANSFORMER_CLASSES)}")
-    if family == "flux":
-        from ..models_flax.flux import FluxConfig
-        base = presets.get_preset("flux-dev")
-        return dataclasses.replace(base, name=str(found), transformer=FluxConfig.from_dict(config))
-    from ..models_flax.wan import WanConfig
-    cfg = WanConfig.from_dict(config)
-    base = presets.get_preset("wan2.2-ti2v-5b" if cfg.in_channels == 48 else "wan2.1-t2v-14b")
-    return dataclasses.replace(base, name=str(found), transformer=cfg)
+    class_name, config = _read_config(found)
+    row = next((f for f in families.FAMILIES.values() if f.transformer.class_name == class_name), None)
+    if row is None:
+        known = ", ".join(f.transformer.class_name for f in families.FAMILIES.values())
+        raise ValueError(f"{found}: class {class_name!r} is not a transformer plan knows; known: {known}")
+    config_cls, _ = row.transformer.classes()
+    transformer = config_cls.from_dict(config)
+    vae = _pipeline_vae(found, row)
+    base = _base_preset(row, transformer)
+    return dataclasses.replace(base, name=str(found), transformer=transformer,
+                               **({} if vae is None else {"vae": vae}))
+
+
+def estimates(preset):
+    """The family's `plan_estimates.FamilyEstimates` (the registry row's `plan_estimates`)."""
+    from .. import families
+
+    if preset.row.plan_estimates is None:
+        raise ValueError(f"family {preset.row.name!r} has no plan estimates (Family.plan_estimates)")
+    return families.resolve(preset.row.plan_estimates)
 
 
 # ----------------------------------------------------------------------------- parameters
 
 
-def _dtype(name: str):
+def as_dtype(name: str):
+    """The jnp dtype called `name`; ValueError unless it is bfloat16, float16 or float32."""
     import jax.numpy as jnp
 
     try:
@@ -149,39 +205,42 @@ def _dtype(name: str):
     return dtype
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
+def abstract_split(kind, config, dtype: str):
+    """(graphdef, state of ShapeDtypeStructs) of a registry kind's module for `config` (cached:
+    `--mesh auto`, the activations and the compile check reuse it; kinds hash by identity)."""
+    from ..models_flax.build import abstract_split as split
+
+    _, model_cls = kind.classes()
+    return split(model_cls, config, as_dtype(dtype))
+
+
 def abstract_transformer(preset, dtype: str):
-    """`nnx.State` of ShapeDtypeStructs for the preset's transformer (cached: `--mesh auto` reuses it)."""
-    from flax import nnx
-
-    from ..models_flax.flux import FluxTransformer2DModel
-    from ..models_flax.wan import WanTransformer3DModel
-
-    cls = FluxTransformer2DModel if preset.family == "flux" else WanTransformer3DModel
-    with nnx.use_eager_sharding(False):
-        model = nnx.eval_shape(
-            lambda: cls(preset.transformer, param_dtype=_dtype(dtype), rngs=nnx.Rngs(0)))
-    return nnx.state(model)
+    """`nnx.State` of ShapeDtypeStructs for the preset's transformer."""
+    return abstract_split(preset.row.transformer, preset.transformer, dtype)[1]
 
 
-@functools.lru_cache(maxsize=4)
 def abstract_vae(preset, dtype: str):
+    """`nnx.State` of ShapeDtypeStructs for the preset's VAE."""
+    return abstract_split(preset.row.vae, preset.vae, dtype)[1]
+
+
+def block_lists(state) -> dict[str, Any]:
+    """The model's stacks of blocks: its top-level `nnx.List`s, whose states are keyed 0, 1, …"""
     from flax import nnx
 
-    from ..models_flax.vae_kl import AutoencoderKL
-    from ..models_flax.vae_wan import AutoencoderKLWan
-
-    cls = AutoencoderKL if preset.family == "flux" else AutoencoderKLWan
-    with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(lambda: cls(preset.vae, param_dtype=_dtype(dtype), rngs=nnx.Rngs(0)))
+    return {name: sub for name, sub in state.items()
+            if isinstance(sub, nnx.State) and len(sub) and all(isinstance(k, int) for k in sub.keys())}
 
 
-def ffn_width(preset) -> int:
-    """The transformer's FFN hidden width (Flux: MLP_RATIO × width)."""
-    from ..models_flax.flux import MLP_RATIO
+def ffn_width(state) -> int:
+    """The widest `mlp`-named parameter dimension inside the blocks (the FFN hidden width)."""
+    from flax import nnx
 
-    cfg = preset.transformer
-    return cfg.ffn_dim if preset.family == "wan" else MLP_RATIO * cfg.inner_dim
+    widths = [size for blocks in block_lists(state).values() for _, var in nnx.to_flat_state(blocks)
+              for size, name in zip(var.get_value().shape, var.get_metadata().get("out_sharding") or ())
+              if name == "mlp"]
+    return max(widths, default=0)
 
 
 def _axes(spec, dim: int) -> tuple[str, ...]:
@@ -215,14 +274,13 @@ def sharded_bytes(state, mesh: dict[str, int]) -> tuple[int, int]:
     return total, per_device
 
 
-def block_gather_bytes(state, preset, mesh: dict[str, int]) -> int:
+def block_gather_bytes(state, mesh: dict[str, int]) -> int:
     """Bytes one device holds while a block runs with its FSDP shards all-gathered (0 without fsdp or
     seq, the axes `embed` is split over): the largest block's parameters split by `tensor` only."""
     if mesh.get("fsdp", 1) == 1 and mesh.get("seq", 1) == 1:
         return 0
     gathered = dict(mesh, fsdp=1, seq=1)
-    lists = ("transformer_blocks", "single_transformer_blocks") if preset.family == "flux" else ("blocks",)
-    return max(sharded_bytes(state[name][0], gathered)[1] for name in lists if len(state[name]))
+    return max((sharded_bytes(blocks[0], gathered)[1] for blocks in block_lists(state).values()), default=0)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -257,16 +315,16 @@ def splits(req: Request) -> Splits:
     image = image_tokens_for(req)
     placement = req.placement_mesh
     mesh = AbstractMesh(tuple(placement.values()), tuple(placement))
-    # the models annotate their token stream `[B, S, D]` with TOKENS; Flux's single blocks run the
-    # joint [text, image] stream, Wan's blocks the image tokens
-    stream = image + (p.text_tokens if p.family == "flux" else 0)
+    # the models annotate their token stream `[B, S, D]` with TOKENS; whether it holds the text
+    # tokens too is the family's (Flux's single blocks: [text, image]; Wan's blocks: image only)
+    stream = image + (p.text_tokens if estimates(p).text_in_stream else 0)
     seq_total = stream
     spec = logical_to_mesh_spec(TOKENS, mesh, shape=(batch, stream, cfg.inner_dim))
     batch_axes = _axes(spec, 0)
     stream_split = math.prod(req.mesh[a] for a in _axes(spec, 1))
     t = req.mesh["tensor"]
     heads = cfg.num_attention_heads
-    ffn = ffn_width(p)
+    ffn = ffn_width(abstract_transformer(p, req.dtype))
     return Splits(batch=batch // math.prod(req.mesh[a] for a in batch_axes), batch_axes=batch_axes,
                   tokens=stream // stream_split, stream_split=stream_split,
                   seq_total=seq_total,
@@ -276,7 +334,7 @@ def splits(req: Request) -> Splits:
 
 def _attention_workspace(req: Request, sp: Splits, kv_len: int, self_attention: bool) -> int:
     """Per-device bytes the attention kernel needs beyond q/k/v and its output."""
-    a = _dtype(req.dtype).itemsize
+    a = as_dtype(req.dtype).itemsize
     hd = req.preset.transformer.attention_head_dim
     parallel = self_attention and req.mesh["seq"] > 1
     ring = parallel and req.sequence_parallel == "ring"
@@ -292,60 +350,53 @@ def _attention_workspace(req: Request, sp: Splits, kv_len: int, self_attention: 
     return extra + rows * 2 * 4 + (rows * hd * 4 if ring else 0)  # softmax stats (+ ring accumulators)
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockTerms:
+    """The terms every family's block shares, per device, in bytes (what `FamilyEstimates.phases`
+    composes its phases from)."""
+
+    req: Request
+    splits: Splits
+    itemsize: int  # bytes per activation element
+    tokens: int  # residual-stream tokens on this device (batch × tokens)
+    attention_width: int  # heads × head dim on this device
+    ffn_width: int  # FFN hidden width on this device
+    stream: dict[str, int]  # the residual stream and its normed copy
+    self_attention: dict[str, int]  # self-attention output and kernel workspace
+    mlp: dict[str, int]  # FFN hidden (pre/post GELU) and output
+    rope: int  # one set of fp32 cos/sin tables
+
+    def workspace(self, kv_len: int) -> int:
+        """Attention workspace of a non-sequence-parallel attention over `kv_len` keys (cross-attention)."""
+        return _attention_workspace(self.req, self.splits, kv_len, False)
+
+
 def transformer_activations(req: Request) -> dict[str, Any]:
     """Peak live bytes on one device during one transformer call: model-level tensors plus the
-    largest phase of one block (self-attention, cross-attention, FFN; Flux: joint attention, MLP,
-    single-stream block). Returns {"peak", "phase", "parts" (of the peak), "kv", "splits"}."""
-    from ..models_flax.wan import NUM_MODULATIONS
-
+    largest phase of one block (the family's `phases`: self-attention, cross-attention, FFN; Flux:
+    joint attention, MLP, single-stream block). Returns {"peak", "phase", "parts" (of the peak), "kv",
+    "splits"}."""
     p, cfg = req.preset, req.preset.transformer
-    a = _dtype(req.dtype).itemsize
+    a = as_dtype(req.dtype).itemsize
     sp = splits(req)
-    text, hd, D = p.text_tokens, cfg.attention_head_dim, cfg.inner_dim
+    hd, D = cfg.attention_head_dim, cfg.inner_dim
     T = sp.batch * sp.tokens  # residual-stream tokens on this device
     Dl = sp.heads * hd  # attention width on this device
-    Fl = ffn_width(p) // sp.ffn_split
-    stream = {"residual": T * D * a, "normed input": T * D * a}
-    self_attention = {"attention out": T * Dl * a,
-                      "attention workspace": _attention_workspace(req, sp, sp.seq_total, True)}
-    mlp = {"hidden (pre/post GELU)": 2 * T * Fl * a, "out": T * D * a}
-    rope = 2 * sp.tokens * hd * 4  # cos/sin tables, fp32
-    self_kv = 2 * sp.batch * sp.attention_tokens * Dl * a
-
-    if p.family == "wan":
-        ctx = text + (CLIP_IMAGE_TOKENS if cfg.image_dim else 0)
-        latents = sp.batch * cfg.in_channels * math.prod(latent_dims(req)) * a * sp.tokens // sp.seq_total
-        model = {"RoPE tables": rope, "text context": sp.batch * ctx * (D + cfg.text_dim) * a,
-                 "latents in/out": 2 * latents}
-        cross_kv = 2 * sp.batch * ctx * Dl * a
-        if p.expand_timesteps:  # per-token timesteps: temb and modulation per token, fp32 per block
-            model["per-token modulation"] = T * (1 + NUM_MODULATIONS) * D * a
-            stream["per-token modulation (fp32)"] = T * NUM_MODULATIONS * D * 4
-        phases = {
-            "self-attention": {**stream, "q/k/v": 3 * T * Dl * a, **self_attention},
-            "cross-attention": {**stream, "q": T * Dl * a, "text k/v": cross_kv,
-                                "attention out": T * Dl * a * (2 if cfg.image_dim else 1),
-                                "attention workspace": _attention_workspace(req, sp, ctx, False)},
-            "ffn": {**stream, **{f"ffn {k}": v for k, v in mlp.items()}},
-        }
-        layers = cfg.num_layers
-    else:
-        latents = sp.batch * (sp.tokens - text) * cfg.in_channels * a
-        model = {"RoPE tables": 3 * rope,  # fp32 sin/cos of the angle parts, then the tables
-                 "text context": sp.batch * text * cfg.joint_attention_dim * a, "latents in/out": 2 * latents}
-        cross_kv = 0
-        phases = {
-            "joint attention": {**stream, "q/k/v per stream + joined": 6 * T * Dl * a, **self_attention},
-            "mlp": {**stream, **{f"mlp {k}": v for k, v in mlp.items()}},
-            "single block": {**stream, "attention out": T * Dl * a,
-                             "mlp hidden (pre/post GELU)": 2 * T * Fl * a,
-                             "packed [attn, mlp]": T * (Dl + Fl) * a, "out": T * D * a},
-        }
-        layers = cfg.num_layers + cfg.num_single_layers
+    state = abstract_transformer(p, req.dtype)
+    Fl = ffn_width(state) // sp.ffn_split
+    terms = BlockTerms(
+        req=req, splits=sp, itemsize=a, tokens=T, attention_width=Dl, ffn_width=Fl,
+        stream={"residual": T * D * a, "normed input": T * D * a},
+        self_attention={"attention out": T * Dl * a,
+                        "attention workspace": _attention_workspace(req, sp, sp.seq_total, True)},
+        mlp={"hidden (pre/post GELU)": 2 * T * Fl * a, "out": T * D * a},
+        rope=2 * sp.tokens * hd * 4)  # cos/sin tables, fp32
+    model, phases, cross_kv = estimates(p).phases(terms)
     phase = max(phases, key=lambda k: sum(phases[k].values()))
     parts = {**model, **phases[phase]}
-    kv = {"self-attention K+V per layer": self_kv, "cross-attention K+V per layer": cross_kv,
-          "layers": layers}
+    kv = {"self-attention K+V per layer": 2 * sp.batch * sp.attention_tokens * Dl * a,
+          "cross-attention K+V per layer": cross_kv,
+          "layers": sum(len(blocks) for blocks in block_lists(state).values())}
     return {"peak": sum(parts.values()), "phase": phase, "parts": parts, "kv": kv,
             "splits": dataclasses.asdict(sp)}
 
@@ -358,49 +409,37 @@ def latent_dims(req: Request) -> tuple[int, ...]:
 
 
 def image_tokens_for(req: Request) -> int:
+    """The transformer's image tokens at the request's size; ValueError for a size the family cannot
+    make (frames for an image family; height/width not whole tokens)."""
     from .presets import image_tokens
 
     p = req.preset
-    if p.family == "flux" and req.frames != 1:
+    if not p.video and req.frames != 1:
         raise ValueError(f"{p.name} makes images: --frames must be 1, got {req.frames}")
-    if p.family == "flux" and (req.height % (2 * p.spatial_factor) or req.width % (2 * p.spatial_factor)):
-        raise ValueError(f"{p.name}: height and width must be multiples of {2 * p.spatial_factor} "
-                         f"(2×2 latent packing), got {req.height}×{req.width}")
-    if p.family == "wan":
-        ph, pw = p.transformer.patch_size[1:]
-        m = p.spatial_factor
-        if req.height % (m * ph) or req.width % (m * pw):
-            raise ValueError(f"{p.name}: height and width must be multiples of {m * ph}, got "
-                             f"{req.height}×{req.width}")
+    ph, pw = estimates(p).token_patch(p.transformer)
+    s = p.spatial_factor
+    if req.height % (s * ph) or req.width % (s * pw):
+        multiple = f"{s * ph}" if ph == pw else f"{s * ph} (height) and {s * pw} (width)"
+        raise ValueError(f"{p.name}: height and width must be multiples of {multiple} (VAE factor {s} × "
+                         f"{ph}×{pw} latents per token), got {req.height}×{req.width}")
     return image_tokens(p, req.height, req.width, req.frames)
 
 
 def scheduler_bytes(req: Request) -> int:
     """Latents and sampler state in fp32 (noise sample, model output, 2 multistep history entries)."""
-    p = req.preset
-    channels = p.vae.latent_channels if p.family == "flux" else p.vae.z_dim
-    return 4 * req.batch * channels * math.prod(latent_dims(req)) * 4
+    from .presets import latent_shape
+
+    return 4 * math.prod(latent_shape(req.preset, req.height, req.width, req.frames, req.batch)) * 4
 
 
 # ----------------------------------------------------------------------------- VAE
 
 
-def _vae_step(req: Request):
-    """(function, abstract args) of the VAE call that peaks: Flux `decode` of the whole batch, Wan
-    `decode_chunk` of one latent frame with a full feature cache (a later chunk)."""
-    import jax
-    from flax import nnx
-
-    p = req.preset
-    dtype = _dtype(req.vae_dtype)
-    graphdef, state = nnx.split(abstract_vae(p, req.vae_dtype))
-    if p.family == "flux":
-        z = jax.ShapeDtypeStruct((req.batch, p.vae.latent_channels, *latent_dims(req)), dtype)
-        return (lambda st, z: nnx.merge(graphdef, st).decode(z)), (state, z)
-    step = lambda st, z, cache: nnx.merge(graphdef, st).decode_chunk(z, cache)
-    z = jax.ShapeDtypeStruct((req.batch, 1, *latent_dims(req)[1:], p.vae.z_dim), dtype)
-    _, cache = jax.eval_shape(step, state, z, [None] * nnx.merge(graphdef, state).decoder.cache_size)
-    return step, (state, z, cache)
+def vae_step(req: Request):
+    """(function, abstract args) of the VAE call that peaks (the family's `vae_step`: Flux `decode`
+    of the whole batch, Wan `decode_chunk` of one latent frame with a full feature cache)."""
+    graphdef, state = abstract_split(req.preset.row.vae, req.preset.vae, req.vae_dtype)
+    return estimates(req.preset).vae_step(req, graphdef, state)
 
 
 def vae_decode_bytes(req: Request) -> dict[str, Any]:
@@ -412,41 +451,11 @@ def vae_decode_bytes(req: Request) -> dict[str, Any]:
 @functools.lru_cache(maxsize=16)
 def _vae_decode_bytes(preset, height: int, width: int, frames: int, batch: int, vae_dtype: str,
                       attention: str) -> dict[str, Any]:
-    """Approximate peak of the VAE decode on one device (replicated, the whole `batch`).
-
-    Wan: one latent frame per call with a feature cache, donated to the step (vae_wan.decode_step), so
-    the cache coming out takes the buffers of the one going in: one cache live (exact sizes from
-    `jax.eval_shape`); the working set is VAE_WORKING_COPIES × the
-    largest activation (the widest cached layer over CACHE_T + 4 frames), plus the decoded video
-    (chunks and their concatenation). Flux: the whole image; working set from the full-resolution
-    width, plus the mid-block attention workspace.
-    """
-    import jax
-
+    """Approximate peak of the VAE decode on one device (replicated, the whole `batch`): the family's
+    `vae_decode` ({"peak", "parts", "output", "cache"})."""
     req = Request(preset, height, width, frames, batch, dict.fromkeys(MESH_AXES, 1), vae_dtype=vae_dtype,
                   attention=attention)
-    p = req.preset
-    a = _dtype(req.vae_dtype).itemsize
-    pixels = req.batch * req.frames * req.height * req.width * 3 * a
-    if p.family == "flux":
-        c = p.vae.block_out_channels
-        # widest full-resolution tensor: the last up block's input, upsampled, c[1] channels
-        act = req.batch * req.height * req.width * c[min(1, len(c) - 1)] * a
-        s = (req.height // p.spatial_factor) * (req.width // p.spatial_factor)
-        attn = req.batch * s * s * (4 + (0 if a == 4 else a)) if req.attention == "xla" else req.batch * s * 8
-        parts = {"working set": VAE_WORKING_COPIES * act, "mid-block attention": attn, "image": 2 * pixels}
-        return {"peak": sum(parts.values()), "parts": parts}
-    from ..models_flax.vae_wan import CACHE_T
-
-    step, args = _vae_step(req)
-    cache = args[2]
-    frames = jax.eval_shape(step, *args)[0]
-    cache_bytes = sum(c.size * c.dtype.itemsize for c in cache)
-    widest = max(cache, key=lambda c: c.size)
-    act = widest.size // CACHE_T * (CACHE_T + frames.shape[1]) * widest.dtype.itemsize
-    parts = {"feature cache (donated)": cache_bytes, "working set": VAE_WORKING_COPIES * act,
-             "video (chunks + joined)": 2 * pixels}
-    return {"peak": sum(parts.values()), "parts": parts}
+    return estimates(preset).vae_decode(req)
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -478,7 +487,7 @@ def plan(req: Request, hbm: str | None = None) -> dict[str, Any]:
     total, per_device = sharded_bytes(state, req.placement_mesh)
     vae_total = param_bytes(abstract_vae(p, req.vae_dtype))
     acts = transformer_activations(req)
-    gather = block_gather_bytes(state, p, req.placement_mesh)  # one block at a time
+    gather = block_gather_bytes(state, req.placement_mesh)  # one block at a time
     sched = scheduler_bytes(req)
     vae = vae_decode_bytes(req)
     params = per_device * p.experts
@@ -488,12 +497,13 @@ def plan(req: Request, hbm: str | None = None) -> dict[str, Any]:
     hbm_name, usable = hbm_bytes(hbm)
     notes = _notes(req, acts["splits"])
     if decode > denoise:
-        cache = vae["parts"].get("feature cache (donated)", 0)
+        cache = vae["cache"]
         notes.insert(0, "the VAE decode is the peak" + (
             f" (its feature cache is {cache / GIB:.2f} GiB); a smaller --vae-dtype or freeing the "
             "transformer before decoding would lower it" if cache else ""))
     out = {
-        "model": p.name, "family": p.family, "mesh": req.mesh_spec, "devices": req.devices,
+        "model": p.name, "family": p.family, "video": p.video, "mesh": req.mesh_spec,
+        "devices": req.devices,
         "height": req.height, "width": req.width, "frames": req.frames, "batch": req.batch,
         "guidance_passes": p.guidance_passes, "experts": p.experts, "dtype": req.dtype,
         "vae_dtype": req.vae_dtype, "attention": req.attention, "sequence_parallel": req.sequence_parallel,
@@ -545,50 +555,66 @@ def _notes(req: Request, sp: dict) -> list[str]:
 # ----------------------------------------------------------------------------- compile cross-check
 
 
+def one_block_copy(graphdef, state):
+    """(graphdef, state) of the same abstract model with each block list cut to its first block: same
+    widths and shapes, depth 1 per stack (the models loop over their lists, never over a depth field)."""
+    from flax import nnx
+
+    model = nnx.merge(graphdef, state)
+    for name in block_lists(state):
+        setattr(model, name, nnx.List(list(getattr(model, name))[:1]))
+    return nnx.split(model)
+
+
+def forward_inputs(req: Request) -> dict[str, tuple[tuple[int, ...], Any, tuple]]:
+    """`{forward argument: (shape, dtype, logical axes)}` of one transformer call at the request's size,
+    from the kind's `example_inputs` and `input_axes`. Per-sample features (batch-leading, two or
+    more dims) come in the compute dtype, as the pipelines cast them; per-sample scalars (timestep,
+    guidance) and position ids stay float32. Per-token timesteps (`expand_timesteps`) are `[B, S]`."""
+    import jax.numpy as jnp
+
+    from .. import families
+
+    p, kind = req.preset, req.preset.row.transformer
+    packing = estimates(p).packing
+    dims = latent_dims(req)
+    frames, rows, cols = dims if p.video else (1, *dims)
+    sizes = families.Sizes(batch=req.batch * p.guidance_passes, height=rows // packing,
+                           width=cols // packing, frames=frames, text_tokens=p.text_tokens)
+    examples = families.call(kind.example_inputs, p.transformer, sizes)
+    input_axes = families.resolve(kind.input_axes)
+    compute = as_dtype(req.dtype)
+    out = {}
+    for name, value in examples.items():
+        if value is None:
+            continue
+        shape, axes = tuple(value.shape), tuple(input_axes[name])
+        dtype = compute if axes[:1] == ("batch",) and len(shape) > 1 else jnp.float32
+        if name == "timestep" and p.expand_timesteps and len(shape) == 1:
+            shape, axes = (*shape, image_tokens_for(req)), (*axes, None)
+        out[name] = (shape, dtype, axes)
+    return out
+
+
 def compile_check(req: Request) -> dict[str, Any]:
     """Compile a one-block copy of the transformer and the VAE decode step at the requested shape on
     this process's devices (a mesh of them when there are enough, else one device); return
     `memory_analysis()` bytes and the analytical estimates for the same programs. On CPU attention is
     XLA's (splash would run interpreted); on TPU/GPU it is `req.attention` (flash = the backend's best)."""
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     from ..kernels.attention import attention_options
-    from ..models_flax.flux import FluxTransformer2DModel
-    from ..models_flax.wan import WanTransformer3DModel
     from ..sharding.mesh import logical_sharding, make_mesh, named_shardings, param_bytes
 
     p = req.preset
-    shallow = ({"num_layers": 1, "num_single_layers": 1} if p.family == "flux" else {"num_layers": 1})
-    cfg = dataclasses.replace(p.transformer, **shallow)
-    dtype = _dtype(req.dtype)
-    cls = FluxTransformer2DModel if p.family == "flux" else WanTransformer3DModel
-    with nnx.use_eager_sharding(False):
-        graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(cfg, param_dtype=dtype, rngs=nnx.Rngs(0))))
-    b = req.batch * p.guidance_passes
-    dims = latent_dims(req)
-    if p.family == "flux":
-        si = image_tokens_for(req)
-        from .flux import LATENT_AXES
-        inputs = [((b, si, cfg.in_channels), dtype, LATENT_AXES),
-                  ((b, p.text_tokens, cfg.joint_attention_dim), dtype, ("batch", None, None)),
-                  ((b, cfg.pooled_projection_dim), dtype, ("batch", None)),
-                  ((b,), jnp.float32, ("batch",)), ((si, 3), jnp.float32, (None, None)),
-                  ((p.text_tokens, 3), jnp.float32, (None, None))]
-        if cfg.guidance_embeds:
-            inputs.append(((b,), jnp.float32, ("batch",)))
-    else:
-        from .wan import LATENT_AXES
-        timestep = (b, image_tokens_for(req)) if p.expand_timesteps else (b,)
-        inputs = [((b, cfg.in_channels, *dims), dtype, LATENT_AXES),
-                  (timestep, jnp.float32, ("batch", None)[:len(timestep)]),
-                  ((b, p.text_tokens, cfg.text_dim), dtype, ("batch", None, None))]
-        if cfg.image_dim:
-            inputs.append(((b, CLIP_IMAGE_TOKENS, cfg.image_dim), dtype, ("batch", None, None)))
+    graphdef, state = one_block_copy(*abstract_split(p.row.transformer, p.transformer, req.dtype))
+    inputs = forward_inputs(req)
 
-    def forward(st, *args):
-        return nnx.merge(graphdef, st)(*args)
+    names = tuple(inputs)  # positional, in the forward's own order (jit would sort a dict's keys)
+
+    def forward(st, *values):
+        return nnx.merge(graphdef, st)(**dict(zip(names, values)))
 
     sharded = len(jax.devices()) >= req.devices and req.devices > 1
     on_cpu = jax.default_backend() == "cpu"
@@ -603,19 +629,18 @@ def compile_check(req: Request) -> dict[str, Any]:
             var.get_value().shape, var.get_value().dtype, sharding=shardings[tuple(path)])))
             for path, var in flat])
         args = [jax.ShapeDtypeStruct(s, d, sharding=logical_sharding(ax, mesh, shape=s))
-                for s, d, ax in inputs]
+                for s, d, ax in inputs.values()]
         if req.mesh["seq"] > 1:
             options.update(sequence_parallel=req.sequence_parallel, mesh=mesh)
     else:
-        args = [jax.ShapeDtypeStruct(s, d) for s, d, _ in inputs]
+        args = [jax.ShapeDtypeStruct(s, d) for s, d, _ in inputs.values()]
     with attention_options(**options):
         compiled = jax.jit(forward).lower(state, *args).compile(compiler_options=compiler_options)
     mem = compiled.memory_analysis()
-    shallow_preset = dataclasses.replace(p, transformer=cfg)
     estimate = transformer_activations(dataclasses.replace(
-        req, preset=shallow_preset, attention=attention,
+        req, attention=attention,
         **({} if sharded else {"mesh": dict.fromkeys(MESH_AXES, 1), "axes": ()})))
-    vae_fn, vae_args = _vae_step(req)
+    vae_fn, vae_args = vae_step(req)
     with attention_options(implementation=options["implementation"], sequence_parallel=None):
         # keep_unused: the encoder's parameters stay arguments, so subtracting all of them is right
         vae_compiled = jax.jit(vae_fn, keep_unused=True).lower(*vae_args).compile(
@@ -623,11 +648,10 @@ def compile_check(req: Request) -> dict[str, Any]:
     vae_mem = vae_compiled.memory_analysis()
     vae_params = param_bytes(vae_args[0])
     vae_estimate = vae_decode_bytes(dataclasses.replace(req, attention=attention))
-    video = vae_estimate["parts"].get("video (chunks + joined)", vae_estimate["parts"].get("image", 0))
     return {"devices": req.devices if sharded else 1, "sharded": sharded,
             "vae_bytes": int(vae_mem.argument_size_in_bytes + vae_mem.output_size_in_bytes
                              + vae_mem.temp_size_in_bytes - vae_params),
-            "vae_estimate_bytes": vae_estimate["peak"] - video,
+            "vae_estimate_bytes": vae_estimate["peak"] - vae_estimate["output"],
             "temp_bytes": int(mem.temp_size_in_bytes), "argument_bytes": int(mem.argument_size_in_bytes),
             "output_bytes": int(mem.output_size_in_bytes), "estimate_bytes": estimate["peak"],
             "ratio": mem.temp_size_in_bytes / max(estimate["peak"], 1),
@@ -668,7 +692,7 @@ def _gib(n: int | float) -> str:
 
 def format_plan(r: dict[str, Any]) -> str:
     """The human-readable table for one `plan` result."""
-    shape = f"{r['height']}×{r['width']}" + (f"×{r['frames']} frames" if r["family"] == "wan" else "")
+    shape = f"{r['height']}×{r['width']}" + (f"×{r['frames']} frames" if r["video"] else "")
     lines = [f"{r['model']} at {shape}, batch {r['batch']}, {r['dtype']}, mesh {r['mesh']} "
              f"({r['devices']} devices), attention {r['attention']}"
              + (f" ({r['sequence_parallel']})" if "seq=" in r["mesh"] else ""),
@@ -803,10 +827,10 @@ def request_from_args(args: argparse.Namespace, mesh: str | None = None) -> Requ
     if args.text_encoder_gib < 0:
         raise ValueError(f"--text-encoder-gib must be ≥ 0, got {args.text_encoder_gib}")
     frames = args.frames if args.frames is not None else preset.frames
-    if preset.family == "wan" and (frames - 1) % preset.temporal_factor:
+    if preset.video and (frames - 1) % preset.temporal_factor:
         raise ValueError(f"{preset.name}: --frames must be {preset.temporal_factor}k+1, got {frames}")
-    _dtype(args.dtype)
-    _dtype(args.vae_dtype or args.dtype)
+    as_dtype(args.dtype)
+    as_dtype(args.vae_dtype or args.dtype)
     sizes, axes = parse_mesh(mesh) if mesh else (dict.fromkeys(MESH_AXES, 1), ())
     return Request(preset=preset, height=args.height or preset.height, width=args.width or preset.width,
                    frames=frames, batch=args.batch, mesh=sizes, axes=axes,
