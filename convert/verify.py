@@ -1,20 +1,26 @@
 """`jaxdiff verify PATH`: our Flax module beside the diffusers torch module, traced with torchax.
 
 PATH is what we load (`load_model`): a diffusers model directory (config.json + *.safetensors), a
-single-file `.safetensors` (BFL / ComfyUI Flux transformer, also fp8 with or without scales; LDM / BFL
-`ae` VAE) or a converted jaxdiff directory. The torch reference is the diffusers module built from
-`--reference SRC` (a diffusers directory or single file), by default from PATH itself; a converted
-directory holds no torch weights, so it needs `--reference`.
+single-file `.safetensors` in a layout the family registry knows (BFL / ComfyUI Flux, LDM / BFL `ae`
+VAE, ComfyUI / original Wan transformer, Wan 2.1 / 2.2 VAE; fp8 with or without scales) or a converted
+jaxdiff directory. Every model kind of the registry (`jaxdiff.families`) with a `torch_class` and a
+transformer or VAE role can be verified; the kind comes from `_class_name` (diffusers directory), our
+single-file detection (`open_plan`) or `jaxdiff.json` (converted). The torch reference is
+`kind.torch_class` built from `--reference SRC` (a diffusers directory or single file), by default
+from PATH itself; a converted directory holds no torch weights, so it needs `--reference`.
 
 The torch reference of a single file is independent of our key maps: only the config comes from our
 detection (single files carry none; `--config` overrides it). The file is read with
 `safetensors.torch.load_file`, fp8 is dequantised in torch (`weight.float() · scale`; scale and
-input-scale keys dropped), ComfyUI's `model.diffusion_model.` prefix is stripped, and diffusers' own
-`convert_flux_transformer_checkpoint_to_diffusers` / `convert_ldm_vae_checkpoint` rename the keys
-into `FluxTransformer2DModel(**config)` / `AutoencoderKL(**config)` with `load_state_dict(strict=True)`.
+input-scale keys dropped), ComfyUI's `model.diffusion_model.` prefix is stripped, and the layout's
+`torch_keymap` (below: diffusers' own single-file converters, with the fixes they need at tiny sizes
+and for the Wan 2.2 VAE) renames the keys into `torch_class(**config)` with
+`load_state_dict(strict=True)`.
 
-Both sides get the same random inputs; our output is judged against the torchax trace of the
-diffusers module (same XLA backend), and plain torch eager is printed beside it for reference.
+Both sides get the same random inputs (`kind.example_inputs` at CPU-sized `families.Sizes`);
+transformers are called with them as keyword arguments, VAEs compare encode mean, encode logvar and
+decode. Our output is judged against the torchax trace of the diffusers module (same XLA backend),
+and plain torch eager is printed beside it for reference.
 Exit status: 0 all outputs within tolerance, 1 some output is not, 2 cannot run.
 
 This is the only runtime module allowed torch/torchax/diffusers (the `verify` extra), and it imports
@@ -27,6 +33,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -34,16 +41,22 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import families
+from ..families import ModelKind
+
 MISSING_EXTRA = "jaxdiff verify needs the verify extra: pip install 'jaxdiff[verify]'"
 DTYPES = ("float32", "bfloat16")
-FLUX = "FluxTransformer2DModel"
-VAE = "AutoencoderKL"
-FAMILIES = (FLUX, VAE)
 
-FLUX_IMAGE_SIDE = 8  # 8 × 8 packed latent tokens
-FLUX_TEXT_TOKENS = 16
-FLUX_GUIDANCE = 3.5
-VAE_LATENT_SIDE = 8  # latent is 8 × 8; the image is 8·f × 8·f
+# What each role's forward returns (report rows); a kind of another role cannot be verified.
+OUTPUTS = {"transformer": ("sample",), "vae": ("encode.mean", "encode.logvar", "decode")}
+# Forward sizes (latent units) small enough for CPU, by what the kind's family makes (`Family.output`).
+EXAMPLE_SIZES = {
+    # Flux: 8 × 8 packed latent tokens + 16 text tokens; VAE: 8 × 8 latents (8·f × 8·f pixels)
+    "image": families.Sizes(height=8, width=8, text_tokens=16),
+    # Wan: 2 latent frames (5 video frames) of 4 × 4 latents; 512 text tokens because diffusers' Wan
+    # I2V attention splits [image, text] context at len − 512 (what the pipelines pad text to)
+    "video": families.Sizes(height=4, width=4, frames=2, text_tokens=512),
+}
 
 # Kinds of path (`Source.kind`).
 DIFFUSERS_DIR, SINGLE_FILE, CONVERTED = "diffusers directory", "single file", "converted jaxdiff checkpoint"
@@ -60,6 +73,13 @@ FP8_MARKER = "scaled_fp8"  # ComfyUI's marker tensor (possibly prefixed)
 DIFFUSERS_FLUX_INNER_DIM = 3072
 DIFFUSERS_FLUX_MLP_RATIO = 4
 SINGLE_BLOCK_FUSED = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")  # linear1 rows, in order
+# diffusers' `convert_wan_vae_to_diffusers` hardcodes the released Wan 2.1 decoder's grouping (4 stages
+# of 3 resnets + an upsampler at `decoder.upsamples.4s + r`, a shortcut only at index 4) and knows no
+# Wan 2.2 (residual) stage lists; those stage lists are renamed from the config instead (below).
+WAN_VAE_STAGE = re.compile(  # list, stage (2.1: item), 2.2's item in the stage, the rest
+    r"(encoder\.downsamples|decoder\.upsamples)\.(\d+)\.(?:(?:downsamples|upsamples)\.(\d+)\.)?(.+)")
+WAN_VAE_RESNET_PARTS = (("residual.0.", "norm1."), ("residual.2.", "conv1."), ("residual.3.", "norm2."),
+                        ("residual.6.", "conv2."), ("shortcut.", "conv_shortcut."))
 
 
 class CannotVerify(Exception):
@@ -68,11 +88,11 @@ class CannotVerify(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """One side's checkpoint: what is at `path`, its diffusers class name and config dict."""
+    """One side's checkpoint: what is at `path`, its registry model kind and config dict."""
 
     path: Path
     kind: str  # DIFFUSERS_DIR | SINGLE_FILE | CONVERTED
-    family: str  # FLUX | VAE
+    model: ModelKind
     config: dict[str, Any]
     origin: str | None = None  # converted checkpoints: the source recorded in jaxdiff.json
 
@@ -94,11 +114,29 @@ class Comparison:
         return self.error is None and bool(self.max_abs <= tolerance)
 
 
+def verifiable_models() -> list[ModelKind]:
+    """The registry's model kinds verify can compare: a torch class, example inputs and a role it runs."""
+    return [m for m in families.all_models()
+            if m.torch_class and m.example_inputs and m.role in OUTPUTS]
+
+
+def known_classes() -> str:
+    return ", ".join(m.class_name for m in verifiable_models())
+
+
+def checked_model(model: ModelKind, where: str) -> ModelKind:
+    """`model` when verify can compare it; else a ValueError listing what it can."""
+    if model not in verifiable_models():
+        raise ValueError(f"{where}: holds a {model.class_name}; jaxdiff verify knows {known_classes()}")
+    return model
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    layouts = "; ".join(layout.description for m in verifiable_models() for layout in m.layouts)
     parser.add_argument("path", type=Path,
-                        help="what to load with jaxdiff (Flux transformer or AutoencoderKL): a diffusers "
-                             "model directory, a single-file .safetensors (BFL / ComfyUI Flux, fp8 or "
-                             "not; LDM / BFL ae VAE) or a converted jaxdiff directory (needs --reference)")
+                        help=(f"what to load with jaxdiff ({known_classes()}): a diffusers model directory, "
+                              f"a single-file .safetensors ({layouts}; fp8 or not) or a converted jaxdiff "
+                              "directory (needs --reference)").replace("%", "%%"))
     parser.add_argument("--reference", type=Path, metavar="SRC", default=None,
                         help="torch source to compare against (diffusers model directory or single file), "
                              "e.g. what PATH was converted from (default: PATH itself)")
@@ -113,8 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights, inputs and compute dtype on all sides (default float32)")
 
 
-def read_family(path: Path) -> tuple[str, dict[str, Any]]:
-    """(`_class_name`, config dict) of a diffusers model directory."""
+def read_family(path: Path) -> tuple[ModelKind, dict[str, Any]]:
+    """(model kind, config dict) of a diffusers model directory, the kind from its `_class_name`."""
     config_file = path / "config.json"
     if (path / "model_index.json").is_file() and not config_file.is_file():
         raise FileNotFoundError(f"{path} is a diffusers pipeline; verify one of its models, e.g. "
@@ -123,11 +161,12 @@ def read_family(path: Path) -> tuple[str, dict[str, Any]]:
         raise FileNotFoundError(f"{path}: not a diffusers model directory (no config.json), a converted "
                                 f"jaxdiff directory (no {CONVERTED_META}) or a .safetensors file")
     config = json.loads(config_file.read_text())
-    family = config.get("_class_name")
-    if family not in FAMILIES:
-        raise ValueError(f"{config_file}: _class_name {family!r} is not one jaxdiff verify knows; "
-                         f"expected one of {FAMILIES}")
-    return family, config
+    class_name = config.get("_class_name") if isinstance(config, dict) else None
+    model = next((m for m in verifiable_models() if m.class_name == class_name), None)
+    if model is None:
+        raise ValueError(f"{config_file}: _class_name {class_name!r} is not one jaxdiff verify knows; "
+                         f"expected one of {known_classes()}")
+    return model, config
 
 
 def read_config_file(path: Path | None) -> dict[str, Any] | None:
@@ -144,31 +183,26 @@ def read_config_file(path: Path | None) -> dict[str, Any] | None:
 
 
 def describe(path: Path, config: dict[str, Any] | None = None) -> Source:
-    """What `path` holds (kind, family, config), from config files or single-file headers.
+    """What `path` holds (kind, model kind, config), from config files or single-file headers.
 
     `config` overrides the detected config of a single file. Raises FileNotFoundError / ValueError
     saying what is wrong.
     """
     path = Path(path)
     if path.is_file():
-        from .families import FAMILIES as OURS
         from .loader import open_plan
 
         with open_plan(path, config=config) as plan:  # refuses pickles, unknown layouts, bad keys
-            family, config = OURS[plan.family].class_name, plan.config_dict()
-        if family not in FAMILIES:
-            raise ValueError(f"{path}: holds a {family}; jaxdiff verify knows {FAMILIES}")
-        return Source(path, SINGLE_FILE, family, config)
+            model, config = plan.model, plan.config_dict()
+        return Source(path, SINGLE_FILE, checked_model(model, str(path)), config)
     if (path / CONVERTED_META).is_file():
         from .checkpoint import read_meta
 
         meta = read_meta(path)
-        family = meta.get("class_name") or meta["config"].get("_class_name")
-        if family not in FAMILIES:
-            raise ValueError(f"{path}: converted {family}; jaxdiff verify knows {FAMILIES}")
-        return Source(path, CONVERTED, family, dict(meta["config"]), origin=meta.get("source"))
-    family, config_json = read_family(path)
-    return Source(path, DIFFUSERS_DIR, family, config_json)
+        model = checked_model(families.get_model(meta["family"]), f"{path} (converted)")
+        return Source(path, CONVERTED, model, dict(meta["config"]), origin=meta.get("source"))
+    model, config_json = read_family(path)
+    return Source(path, DIFFUSERS_DIR, model, config_json)
 
 
 def resolve(path: Path, reference: Path | None = None,
@@ -195,8 +229,9 @@ def resolve(path: Path, reference: Path | None = None,
     if ref.kind == CONVERTED:
         raise CannotVerify(f"--reference {reference}: a converted jaxdiff checkpoint holds no torch "
                            "weights; name a diffusers model directory or single .safetensors file")
-    if ref.family != ours.family:
-        raise CannotVerify(f"{path} holds a {ours.family} but --reference {reference} a {ref.family}")
+    if ref.model is not ours.model:
+        raise CannotVerify(f"{path} holds a {ours.model.class_name} but --reference {reference} a "
+                           f"{ref.model.class_name}")
     return ours, ref
 
 
@@ -234,35 +269,18 @@ def format_table(rows: list[Comparison], tolerance: float) -> str:
 # ----------------------------------------------------------------------------- inputs
 
 
-def flux_inputs(config: dict[str, Any], *, batch: int, seed: int) -> dict[str, np.ndarray | None]:
-    """Random float32 forward kwargs of `FluxTransformer2DModel` (FluxPipeline's ids layout)."""
-    rng = np.random.default_rng(seed)
-    side, n_txt = FLUX_IMAGE_SIDE, FLUX_TEXT_TOKENS
-    img_ids = np.zeros((side, side, 3), np.float32)  # (0, row, col) per token
-    img_ids[..., 1] = np.arange(side)[:, None]
-    img_ids[..., 2] = np.arange(side)[None, :]
-    return dict(
-        hidden_states=rng.standard_normal((batch, side * side, config.get("in_channels", 64)), np.float32),
-        encoder_hidden_states=rng.standard_normal(
-            (batch, n_txt, config.get("joint_attention_dim", 4096)), np.float32),
-        pooled_projections=rng.standard_normal((batch, config.get("pooled_projection_dim", 768)), np.float32),
-        timestep=rng.uniform(0.05, 0.95, (batch,)).astype(np.float32),  # sigma; ×1000 inside
-        img_ids=img_ids.reshape(-1, 3),
-        txt_ids=np.zeros((n_txt, 3), np.float32),
-        guidance=(np.full((batch,), FLUX_GUIDANCE, np.float32) if config.get("guidance_embeds") else None),
-    )
+def example_sizes(model: ModelKind, batch: int) -> families.Sizes:
+    """The forward sizes of `model` (`EXAMPLE_SIZES` by its family's output) at `batch`."""
+    family = families.family_of(model)
+    return dataclasses.replace(EXAMPLE_SIZES[family.output if family else "image"], batch=batch)
 
 
-def vae_inputs(config: dict[str, Any], *, batch: int, seed: int) -> dict[str, np.ndarray]:
-    """A random image in [-1, 1] to encode and a random latent to decode, both NCHW float32."""
-    rng = np.random.default_rng(seed)
-    factor = 2 ** (len(config.get("block_out_channels", (64,))) - 1)
-    side = VAE_LATENT_SIDE * factor
-    return dict(
-        sample=rng.uniform(-1.0, 1.0, (batch, config.get("in_channels", 3), side, side)).astype(np.float32),
-        latent=rng.standard_normal(
-            (batch, config.get("latent_channels", 4), VAE_LATENT_SIDE, VAE_LATENT_SIDE), np.float32),
-    )
+def example_inputs(source: Source, *, batch: int, seed: int) -> dict[str, np.ndarray | None]:
+    """The kind's own `example_inputs` (float32 numpy, or None) for `source`'s config."""
+    from .families import model_config
+
+    config = model_config(source.model, source.config)
+    return families.call(source.model.example_inputs, config, example_sizes(source.model, batch), seed)
 
 
 # ----------------------------------------------------------------------------- single-file reference
@@ -296,8 +314,8 @@ def strip_comfy_prefix(state: dict) -> dict:
     return {k[len(COMFY_PREFIX):]: v for k, v in state.items() if k.startswith(COMFY_PREFIX)}
 
 
-def _diffusers_flux_from_bfl(state: dict, config: dict[str, Any]) -> dict:
-    """BFL Flux keys → diffusers keys by diffusers' converter, at any width (see DIFFUSERS_FLUX_INNER_DIM)."""
+def diffusers_flux_from_bfl(state: dict, config: dict[str, Any]) -> dict:
+    """BFL Flux keys → diffusers keys by diffusers' converter at any width (DIFFUSERS_FLUX_INNER_DIM)."""
     from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
     inner = config["num_attention_heads"] * config["attention_head_dim"]
@@ -326,35 +344,119 @@ def _diffusers_flux_from_bfl(state: dict, config: dict[str, Any]) -> dict:
     return converted
 
 
-def diffusers_kwargs(cls, config: dict[str, Any]) -> dict[str, Any]:
-    """The fields of `config` that `cls.__init__` takes (lists as tuples)."""
-    params = inspect.signature(cls.__init__).parameters
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in params}
-
-
-def torch_module_from_single_file(source: Source):
-    """The diffusers module of a single file, loaded without our key maps (see module docstring)."""
-    import diffusers
+def diffusers_vae_from_ldm(state: dict, config: dict[str, Any]) -> dict:
+    """LDM / BFL `ae` VAE keys → diffusers `AutoencoderKL` keys by diffusers' converter."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    return convert_ldm_vae_checkpoint(state, dict(config))
+
+
+def diffusers_wan_from_original(state: dict, config: dict[str, Any]) -> dict:
+    """ComfyUI / original Wan transformer keys → diffusers `WanTransformer3DModel` keys by diffusers'
+    converter (plain renames, so any width)."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    return convert_wan_transformer_to_diffusers(dict(state))  # it pops from the dict it is given
+
+
+def wan_vae_stage_name(key: str, config: dict[str, Any]) -> str | None:
+    """The diffusers `AutoencoderKLWan` name of a Wan VAE stage-list key diffusers' converter gets wrong
+    (every `decoder.upsamples.*`; with `is_residual` (2.2) also `encoder.downsamples.*`), None for others.
+
+    2.1 decoder: one flat list, per stage `num_res_blocks + 1` resnets then an upsampler (none after the
+    last stage) → `up_blocks.S.resnets.R` / `up_blocks.S.upsamplers.0`. 2.2: nested lists
+    `{encoder.downsamples|decoder.upsamples}.S.{downsamples|upsamples}.R`, resnets first →
+    `{down|up}_blocks.S.resnets.R` / `down_blocks.S.downsampler` / `up_blocks.S.upsampler`.
+    """
+    m = WAN_VAE_STAGE.fullmatch(key)
+    if m is None:
+        return None
+    part, outer, inner, leaf = m.group(1), int(m.group(2)), m.group(3), m.group(4)
+    encoder, residual = part == "encoder.downsamples", bool(config.get("is_residual"))
+    if residual:
+        if inner is None:
+            return None
+        stage, item = outer, int(inner)
+    else:
+        if encoder or inner is not None:
+            return None  # the 2.1 encoder's flat list is named one-to-one by diffusers' converter
+        stage, item = divmod(outer, config.get("num_res_blocks", 2) + 2)  # resnets + an upsampler
+    blocks = "encoder.down_blocks" if encoder else "decoder.up_blocks"
+    for old, new in WAN_VAE_RESNET_PARTS:
+        if leaf.startswith(old):
+            return f"{blocks}.{stage}.resnets.{item}.{new}{leaf[len(old):]}"
+    sampler = ("downsampler" if encoder else "upsampler") if residual else "upsamplers.0"
+    return f"{blocks}.{stage}.{sampler}.{leaf}"
+
+
+def diffusers_wan_vae_from_original(state: dict, config: dict[str, Any]) -> dict:
+    """Wan 2.1 / 2.2 VAE keys (ComfyUI / original layout) → diffusers `AutoencoderKLWan` keys: diffusers'
+    converter for everything but the stage lists it hardcodes (`wan_vae_stage_name`)."""
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    stages = {key: wan_vae_stage_name(key, config) for key in state}
+    converted = convert_wan_vae_to_diffusers({k: v for k, v in state.items() if stages[k] is None})
+    converted.update({name: state[key] for key, name in stages.items() if name is not None})
+    return converted
+
+
+def diffusers_kwargs(cls, config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `config` that `cls.__init__` takes, sequences as lists (as `from_pretrained` passes
+    config.json values; AutoencoderKLWan concatenates its `dim_mult` to a list)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k in params}
+
+
+def single_file_state(source: Source) -> dict:
+    """A single file's tensors under diffusers names, renamed without our key maps (module docstring):
+    the first of the kind's layouts that recognises the keys renames them by its `torch_keymap`; keys
+    no layout recognises are taken as diffusers names."""
     from safetensors.torch import load_file
 
-    from . import flux_keys, vae_keys  # detection only: which layout the file is in
-
     state = strip_comfy_prefix(dequantize_fp8_torch(load_file(str(source.path))))
-    if source.family == FLUX:
-        module = diffusers.FluxTransformer2DModel(**diffusers_kwargs(diffusers.FluxTransformer2DModel,
-                                                                     source.config))
-        if flux_keys.is_bfl_flux(state):
-            state = _diffusers_flux_from_bfl(state, source.config)
+    layout = next((lt for lt in source.model.layouts if families.call(lt.detect, state)), None)
+    if layout is None:
+        return state
+    if layout.torch_keymap is None:
+        raise CannotVerify(f"{source.path}: the {layout.description} layout has no torch reference "
+                           "(its registry row names no torch_keymap)")
+    return families.call(layout.torch_keymap, state, source.config)
+
+
+def diffusers_dir_state(source: Source, cls) -> dict:
+    """A diffusers model dir's tensors (all shards), less the keys `cls` itself ignores on load
+    (`_keys_to_ignore_on_load_unexpected`, e.g. Wan's `norm_added_q`)."""
+    from safetensors.torch import load_file
+
+    from .detect import inspect_path  # which files hold the weights (index.json or the one file)
+
+    state = {}
+    for file in inspect_path(source.path).files:
+        state.update(load_file(str(file)))
+    patterns = [re.compile(p) for p in getattr(cls, "_keys_to_ignore_on_load_unexpected", None) or ()]
+    return {k: v for k, v in state.items() if not any(p.search(k) for p in patterns)}
+
+
+def torch_module(source: Source):
+    """The torch reference module (float32) of a diffusers directory or single file: `torch_class`
+    built from the config, its weights loaded with `load_state_dict(strict=True)`.
+
+    Not `from_pretrained`: for classes with `_keep_in_fp32_modules` (Wan's transformer) diffusers 0.42
+    refuses to load without `accelerate`, which the verify extra does not install."""
+    cls = families.resolve(source.model.torch_class)
+    if source.kind == SINGLE_FILE:
+        state = single_file_state(source)
+    elif source.kind == DIFFUSERS_DIR:
+        state = diffusers_dir_state(source, cls)
     else:
-        module = diffusers.AutoencoderKL(**diffusers_kwargs(diffusers.AutoencoderKL, source.config))
-        if vae_keys.is_ldm_vae(state):
-            state = convert_ldm_vae_checkpoint(state, dict(source.config))
+        raise CannotVerify(f"{source.path}: a {source.kind} holds no torch weights")
+    module = cls(**diffusers_kwargs(cls, source.config))
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CannotVerify(f"{source.path}: diffusers' conversion does not fit {source.family}: {e}") from e
-    return module
+        raise CannotVerify(f"{source.path}: its weights do not fit the torch reference "
+                           f"{source.model.class_name}: {e}") from e
+    return module.eval()
 
 
 # ----------------------------------------------------------------------------- the three sides
@@ -376,42 +478,34 @@ def _vae_wrapper(torch, vae):
 
 
 def torch_side(source: Source, torch_dtype):
-    """(module, output names) of diffusers' model for a diffusers directory or single file."""
-    import diffusers
+    """(module, output names) of the torch reference for a diffusers directory or single file."""
     import torch
 
-    if source.kind == SINGLE_FILE:
-        module = torch_module_from_single_file(source).eval()  # float32, as diffusers builds it
-        if torch_dtype != torch.float32:
-            module = module.to(torch_dtype)
-    elif source.kind == DIFFUSERS_DIR:
-        cls = diffusers.FluxTransformer2DModel if source.family == FLUX else diffusers.AutoencoderKL
-        module = cls.from_pretrained(source.path, torch_dtype=torch_dtype,
-                                     low_cpu_mem_usage=False).eval()  # no `accelerate` nag
-    else:
-        raise CannotVerify(f"{source.path}: a {source.kind} holds no torch weights")
-    if source.family == FLUX:
-        return module, ("sample",)
-    return _vae_wrapper(torch, module), ("encode.mean", "encode.logvar", "decode")
+    module = torch_module(source)
+    if torch_dtype != torch.float32:
+        module = module.to(torch_dtype)
+    if source.model.role == "vae":
+        module = _vae_wrapper(torch, module)
+    return module, OUTPUTS[source.model.role]
 
 
-def _call_kwargs(family: str, inputs: dict) -> dict:
-    if family == FLUX:
+def _call_kwargs(role: str, inputs: dict) -> dict:
+    if role == "transformer":
         return dict(inputs, return_dict=False)  # a Python bool, never traced
     return dict(inputs)
 
 
-def run_torch_eager(family: str, module, inputs: dict[str, np.ndarray | None], torch_dtype) -> tuple:
+def run_torch_eager(role: str, module, inputs: dict[str, np.ndarray | None], torch_dtype) -> tuple:
     import torch
 
     kwargs = {k: None if v is None else torch.from_numpy(v).to(torch_dtype) for k, v in inputs.items()}
     with torch.inference_mode():
-        out = module(**_call_kwargs(family, kwargs))
+        out = module(**_call_kwargs(role, kwargs))
     return tuple(o.float().numpy() for o in out)
 
 
-def run_torchax(family: str, module, inputs: dict, jax_dtype) -> tuple:
-    """The diffusers module traced by torchax into a JAX function, jitted, run on `inputs`."""
+def run_torchax(role: str, module, inputs: dict, jax_dtype) -> tuple:
+    """The torch module traced by torchax into a JAX function, jitted, run on `inputs`."""
     import jax
     import jax.numpy as jnp
     import torchax
@@ -419,14 +513,15 @@ def run_torchax(family: str, module, inputs: dict, jax_dtype) -> tuple:
     with warnings.catch_warnings():  # torchax asks for 64-bit dtypes that x64-less JAX truncates
         warnings.filterwarnings("ignore", message="Explicitly requested dtype (float64|int64)")
         weights, fn = torchax.extract_jax(module)
-        traced = jax.jit(lambda w, kw: tuple(fn(w, (), _call_kwargs(family, kw))))
+        traced = jax.jit(lambda w, kw: tuple(fn(w, (), _call_kwargs(role, kw))))
         kwargs = {k: None if v is None else jnp.asarray(v, jax_dtype) for k, v in inputs.items()}
         out = traced(weights, kwargs)
     return tuple(np.asarray(o.astype(jnp.float32)) for o in out)
 
 
-def run_ours(family: str, model, inputs: dict, jax_dtype) -> tuple:
-    """Our module under `jax.jit` on `inputs`."""
+def run_ours(role: str, model, inputs: dict, jax_dtype) -> tuple:
+    """Our module under `jax.jit` on `inputs`: a transformer called with them as keyword arguments, a
+    VAE's `encode(sample)` (mean, logvar) and `decode(latent)`."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -435,7 +530,7 @@ def run_ours(family: str, model, inputs: dict, jax_dtype) -> tuple:
 
     def forward(state, kw):
         m = nnx.merge(graphdef, state)
-        if family == FLUX:
+        if role == "transformer":
             return (m(**kw),)
         mean, logvar = m.encode(kw["sample"])
         return mean, logvar, m.decode(kw["latent"])
@@ -468,21 +563,21 @@ def verify(path: Path, *, reference: Path | None = None, config: dict[str, Any] 
     import torch
 
     ours_source, ref_source = resolve(path, reference, config)
-    family = ref_source.family
+    role = ref_source.model.role
     torch_dtype, jax_dtype = getattr(torch, dtype), getattr(jnp, dtype)
-    inputs = (flux_inputs if family == FLUX else vae_inputs)(ref_source.config, batch=batch, seed=seed)
+    inputs = example_inputs(ref_source, batch=batch, seed=seed)
 
     against = "" if ref_source is ours_source else f" against {ref_source.kind} {ref_source.path}"
-    log(f"jaxdiff verify: {family} at {path} ({ours_source.kind}){against} ({dtype}, batch {batch}, "
-        f"seed {seed}, tolerance {tolerance:g})")
+    log(f"jaxdiff verify: {ref_source.model.class_name} at {path} ({ours_source.kind}){against} "
+        f"({dtype}, batch {batch}, seed {seed}, tolerance {tolerance:g})")
     if differences := config_differences(ours_source.config, ref_source.config):
         log("note: configs differ (ours vs reference): " + "; ".join(differences))
     module, names = torch_side(ref_source, torch_dtype)
-    eager = run_torch_eager(family, module, inputs, torch_dtype)
-    traced = run_torchax(family, module, inputs, jax_dtype)
+    eager = run_torch_eager(role, module, inputs, torch_dtype)
+    traced = run_torchax(role, module, inputs, jax_dtype)
     del module
     ours_config = config if ours_source.kind == SINGLE_FILE else None
-    ours = run_ours(family, load_ours(Path(path), jax_dtype, ours_config), inputs, jax_dtype)
+    ours = run_ours(role, load_ours(Path(path), jax_dtype, ours_config), inputs, jax_dtype)
 
     rows = []
     for name, o, t, e in zip(names, ours, traced, eager):
