@@ -108,6 +108,7 @@ class Sizes:
     frames: int = 1
     text_tokens: int = 16
     image_tokens: int = 0  # CLIP-vision tokens (Wan 2.1 I2V)
+    timestep_tokens: int = 1  # timesteps per item: 1, or one per token (Wan 2.2 TI2V expand_timesteps)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # rows compare and hash by identity
@@ -212,7 +213,7 @@ FLUX = Family(
                  up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.3611, shift_factor=0.1159,
                  use_quant_conv=False, use_post_quant_conv=False)),
     options=("init_image", "export_step"),
-    flops="benchmarks.flops:flux_forward",
+    flops="benchmarks.flops:flux",
     plan_estimates="pipelines.plan_estimates:FLUX",
     reduced=dict(num_layers=1, num_single_layers=2, num_attention_heads=4, height=256, width=256,
                  text_tokens=128))
@@ -272,7 +273,7 @@ WAN = Family(
                  temperal_downsample=(False, True, True)),
         frames=9, image_transformer=dict(in_channels=36)),
     options=("frames", "image", "guidance_2", "sampler", "fps", "init_video"),
-    flops="benchmarks.flops:wan_forward",
+    flops="benchmarks.flops:wan",
     plan_estimates="pipelines.plan_estimates:WAN",
     reduced=dict(num_layers=2, num_attention_heads=4, height=256, width=256, frames=9, text_tokens=128))
 

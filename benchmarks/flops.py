@@ -6,7 +6,9 @@ and residual adds are left out (a few percent at real widths; `tests/test_bench.
 against XLA's `cost_analysis()` on a tiny config). Attention counts the full Sq × Sk product (no
 causal halving: diffusion transformers attend bidirectionally).
 
-Each function returns `{term: flops}`; `sum(...)` is the forward. Widths the configs do not carry
+Each function returns `{term: flops}`; `sum(...)` is the forward. `flux(config, sizes)` and
+`wan(config, sizes)` take the forward's `families.Sizes` (what the registry rows' `flops` name and
+`StepProgram.sizes` holds). Widths the configs do not carry
 (Flux's MLP ratio, its timestep projection width) come from models_flax/flux.py, imported when counted
 (this module is loaded by `jaxdiff --help`, which must not pay for importing jax).
 """
@@ -85,6 +87,21 @@ def wan_forward(config, *, batch: int, video_tokens: int, text_tokens: int, imag
         "attention": config.num_layers * attn,
         "out": matmul(b * s, config.output_channels * patch, d),
     }
+
+
+def flux(config, sizes) -> dict[str, int]:
+    """`flux_forward` at `families.Sizes` (height × width: the packed token grid)."""
+    return flux_forward(config, batch=sizes.batch, image_tokens=sizes.height * sizes.width,
+                        text_tokens=sizes.text_tokens)
+
+
+def wan(config, sizes) -> dict[str, int]:
+    """`wan_forward` at `families.Sizes` (frames × height × width: latents, patched inside)."""
+    pt, ph, pw = config.patch_size
+    return wan_forward(config, batch=sizes.batch,
+                       video_tokens=(sizes.frames // pt) * (sizes.height // ph) * (sizes.width // pw),
+                       text_tokens=sizes.text_tokens, image_tokens=sizes.image_tokens,
+                       timestep_tokens=sizes.timestep_tokens)
 
 
 def total(terms: dict[str, int]) -> int:

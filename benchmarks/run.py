@@ -1,13 +1,13 @@
 """`jaxdiff bench`: time one denoising step of a released model shape with random weights.
 
-What is timed is the step the pipelines run every iteration, jitted once and reused: for Flux
-(`FluxPipeline.denoise_step`) one transformer forward + the FlowMatch Euler update; for Wan
-(`WanPipeline.denoise_steps[0]`) the transformer on the [cond; uncond] batch (classifier-free
-guidance, for presets that use it) + the UniPC update. Reported: device, model, shape, mesh,
-attention kernel, compile time cold (empty persistent cache) and warm (same program, cache
-populated), step time (median/min over `--repeats` after warm-up), images or frames per second for
-a full `--steps` run (steps × median step, plus VAE decode with `--decode`), achieved TFLOP/s from
-the analytical count of `benchmarks/flops.py`, MFU against the device's peak
+What is timed is the step the pipelines run every iteration, jitted once and reused, exactly as the
+pipeline runs it (its `step_program`, pipelines/loop.py `StepProgram`): for Flux one transformer
+forward + the FlowMatch Euler update; for Wan the transformer on the [cond; uncond] batch
+(classifier-free guidance, for presets that use it) + the UniPC update. Reported: device, model,
+shape, mesh, attention kernel, compile time cold (empty persistent cache) and warm (same program,
+cache populated), step time (median/min over `--repeats` after warm-up), images or frames per
+second for a full `--steps` run (steps × median step, plus VAE decode with `--decode`), achieved
+TFLOP/s from the analytical count of `benchmarks/flops.py`, MFU against the device's peak
 (`pipelines/hardware.py`, or `--peak-tflops`), and peak device memory. A table on stdout, all fields
 in `--json`.
 
@@ -17,9 +17,14 @@ in `--json`.
     python -m jaxdiff.benchmarks.run --summarize out/*.json                  # one table from runs
 
 `--shape auto` (default) runs the preset at full depth and resolution on GPU/TPU and a reduced
-version on CPU, so that `jaxdiff bench` finishes in seconds there: Flux 1 double + 2 single blocks,
-Wan 2 layers, 4 heads (width 512; Wan's FFN scaled with the width), 256×256 (Wan: 9 frames),
-128 text tokens, float32. Every field can be overridden (`--layers`, `--heads`, `--height`, …).
+version on CPU, so that `jaxdiff bench` finishes in seconds there (each family row's `reduced` in
+`jaxdiff.families`): Flux 1 double + 2 single blocks, Wan 2 layers, 4 heads (width 512; an FFN
+width scales with the heads), 256×256 (Wan: 9 frames), 128 text tokens, float32. Every field can be
+overridden (`--layers`, `--heads`, `--height`, …).
+
+Nothing here knows a family: models, pipeline, FLOP count and torch reference come from the
+registry row of the preset's family; `--layers`/`--single-layers`/`--heads`/`--ffn` set the config
+fields `CONFIG_FLAGS` names (a preset whose config lacks the field refuses the flag).
 """
 
 from __future__ import annotations
@@ -36,27 +41,67 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import families
 from . import common, flops
 
 DEFAULT_MODEL = "flux-dev"
 SHAPES = ("auto", "full", "reduced")
 INITS = ("auto", "host", "device")
-# --shape reduced: what `jaxdiff bench` runs on CPU unless told otherwise
-REDUCED = {
-    "flux": dict(layers=1, single_layers=2, heads=4, height=256, width=256, text_tokens=128),
-    "wan": dict(layers=2, heads=4, height=256, width=256, frames=9, text_tokens=128),
-}
-WAN_IMAGE_TOKENS = 257  # CLIP ViT-H/14 features per image (Wan 2.1 I2V)
-FFN_MULTIPLE = 64  # Wan's FFN width, scaled with --heads, is rounded to this
-FLUX_GUIDANCE, WAN_GUIDANCE = 3.5, 5.0
-SIGMA = 0.5  # Flux: where in the schedule the timed step sits (the cost does not depend on it)
+# flag (argparse dest) -> the transformer config field it sets
+CONFIG_FLAGS = {"layers": "num_layers", "single_layers": "num_single_layers",
+                "heads": "num_attention_heads", "ffn": "ffn_dim"}
+SIZE_FIELDS = ("height", "width", "frames", "text_tokens")  # `Family.reduced` keys that are sizes
+FFN_MULTIPLE = 64  # an FFN width scaled with --heads (Wan's) is rounded to this
+UNITS = {"image": "images", "video": "frames"}  # what `per_second` counts, by the family's output
+
+
+def reduced_sizes() -> dict[str, dict[str, Any]]:
+    """`--shape reduced` per family from the registry rows' `reduced`, config fields named by their
+    flags (`layers`, `single_layers`, `heads`, `ffn`), sizes as they are."""
+    flag_of = {field: flag for flag, field in CONFIG_FLAGS.items()}
+    return {row.name: {flag_of.get(k, k): v for k, v in row.reduced.items()}
+            for row in families.FAMILIES.values() if row.reduced}
+
+
+def __getattr__(name: str):
+    if name == "REDUCED":  # the registry's reduced sizes now (rows may be registered after import)
+        return reduced_sizes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _describe_reduced(sizes: dict[str, Any], text_tokens: bool) -> str:
+    """'1 double + 2 single blocks, 4 heads, 256×256' for one `reduced_sizes()` entry."""
+    words = []
+    if "layers" in sizes and "single_layers" in sizes:
+        words.append(f"{sizes['layers']} double + {sizes['single_layers']} single blocks")
+    elif "layers" in sizes:
+        words.append(f"{sizes['layers']} layers")
+    elif "single_layers" in sizes:
+        words.append(f"{sizes['single_layers']} single blocks")
+    for key in ("heads", "ffn"):
+        if key in sizes:
+            words.append(f"{sizes[key]} {key.upper() if key == 'ffn' else key}")
+    if "height" in sizes and "width" in sizes:
+        words.append(f"{sizes['height']}×{sizes['width']}"
+                     + (f"×{sizes['frames']} frames" if "frames" in sizes else ""))
+    if text_tokens and "text_tokens" in sizes:
+        words.append(f"{sizes['text_tokens']} text tokens")
+    known = {"layers", "single_layers", "heads", "ffn", *SIZE_FIELDS}
+    words += [f"{k} {v}" for k, v in sizes.items() if k not in known]
+    return ", ".join(words)
+
+
+def reduced_help() -> str:
+    """The `--shape reduced` sizes of every family, in words (for `--help`)."""
+    rows = reduced_sizes()
+    texts = {r.get("text_tokens") for r in rows.values()}
+    shared = len(texts) == 1 and None not in texts  # said once at the end
+    parts = [f"{name.capitalize()} {_describe_reduced(r, not shared)}" for name, r in rows.items()]
+    return "; ".join(parts) + (f"; {texts.pop()} text tokens" if shared else "") + ", float32"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    f, w = REDUCED["flux"], REDUCED["wan"]  # --shape reduced, listed in --help
-    reduced = (f"Flux {f['layers']} double + {f['single_layers']} single blocks, {f['heads']} heads, "
-               f"{f['height']}×{f['width']}; Wan {w['layers']} layers, {w['heads']} heads, "
-               f"{w['height']}×{w['width']}×{w['frames']} frames; {f['text_tokens']} text tokens, float32")
+    reduced = reduced_help()  # --shape reduced, listed in --help
     parser.add_argument("--model", default=DEFAULT_MODEL, metavar="PRESET",
                         help=f"released model shape from pipelines/presets.py (default {DEFAULT_MODEL}; "
                              "e.g. flux-schnell, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b)")
@@ -119,15 +164,15 @@ class Setup:
     """The resolved benchmark: preset with overrides applied, sizes and dtype."""
 
     preset: Any
-    transformer: Any  # FluxConfig | WanConfig
+    transformer: Any  # the family's transformer config, overrides applied
     height: int
     width: int
-    frames: int
+    frames: int  # pixel frames (1 for images)
     batch: int
     text_tokens: int
     steps: int
     dtype: str
-    passes: int  # transformer batch multiple per step (2 with classifier-free guidance)
+    guidance: float  # the pipeline's guidance scale (1.0 with --no-cfg: one pass per step)
     expand_timesteps: bool
     reduced: bool
     seed: int = 0
@@ -136,94 +181,141 @@ class Setup:
     def family(self) -> str:
         return self.preset.family
 
+    @property
+    def row(self) -> families.Family:
+        return self.preset.row
+
+
+def _config_fields(row: families.Family) -> set[str]:
+    config_cls, _ = row.transformer.classes()
+    return {f.name for f in dataclasses.fields(config_cls)}
+
+
+def _families_where(keep) -> str:
+    """'Flux or Wan': the registered families `keep(row)` is true for."""
+    return " or ".join(row.name.capitalize() for row in families.FAMILIES.values() if keep(row)) or "no"
+
+
+def _transformer_config(args, preset, small: dict[str, Any]):
+    """The preset's transformer config with the reduced row's fields and the flags applied; widths
+    derived from the model width (`ffn_dim`, `added_kv_proj_dim`) follow the heads unless given (the
+    head dim is kept, so heads set the width)."""
+    config = preset.transformer
+    fields = _config_fields(preset.row)
+    for flag, field in CONFIG_FLAGS.items():
+        if getattr(args, flag, None) is not None and field not in fields:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to "
+                             f"{_families_where(lambda row: field in _config_fields(row))} presets, "
+                             f"not {preset.name}")
+    changes = {k: v for k, v in small.items() if k not in SIZE_FIELDS}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ValueError(f"family {preset.family!r}: reduced names {', '.join(unknown)}, which "
+                         f"{type(config).__name__} does not have")
+    changes.update({field: getattr(args, flag) for flag, field in CONFIG_FLAGS.items()
+                    if getattr(args, flag, None) is not None})
+    if "num_attention_heads" in fields:
+        heads, full = changes.get("num_attention_heads", config.num_attention_heads), config.num_attention_heads
+        if "ffn_dim" in fields and "ffn_dim" not in changes:
+            changes["ffn_dim"] = max(FFN_MULTIPLE, round(config.ffn_dim * heads / full / FFN_MULTIPLE)
+                                     * FFN_MULTIPLE)
+        # the image K/V projections' input is the model width (Wan 2.1 I2V: 5120 = 40 × 128)
+        if getattr(config, "added_kv_proj_dim", None) is not None and "added_kv_proj_dim" not in changes:
+            changes["added_kv_proj_dim"] = config.added_kv_proj_dim * heads // full
+    return dataclasses.replace(config, **changes)
+
 
 def resolve(args, platform: str) -> Setup:
-    """Preset + overrides → Setup; ValueError on an unknown preset or options that do not fit it."""
+    """Preset + overrides → Setup; ValueError on an unknown preset or options that do not fit it
+    (checked by the family's pipeline on shape-only models, before anything is built)."""
     from ..pipelines.presets import get_preset, image_tokens
 
     preset = get_preset(args.model)
+    row = preset.row
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         raise ValueError(f"--peak-tflops must be > 0, got {args.peak_tflops}")
     reduced = args.shape == "reduced" or (args.shape == "auto" and platform == "cpu")
-    small = REDUCED[preset.family] if reduced else {}
+    small = dict(row.reduced) if reduced else {}
     pick = lambda name, full: (getattr(args, name) if getattr(args, name, None) is not None
                                else small.get(name, full))
-    config = preset.transformer
     for name in ("layers", "single_layers", "heads", "ffn", "height", "width", "frames", "batch",
                  "text_tokens", "steps", "repeats"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if preset.family == "flux":
-        for name in ("ffn", "frames"):
-            if getattr(args, name, None) is not None:
-                raise ValueError(f"--{name} applies to Wan presets, not {preset.name}")
-        config = dataclasses.replace(config, num_layers=pick("layers", config.num_layers),
-                                     num_single_layers=pick("single_layers", config.num_single_layers),
-                                     num_attention_heads=pick("heads", config.num_attention_heads))
-        frames = 1
-    else:
-        if args.single_layers is not None:
-            raise ValueError(f"--single-layers applies to Flux presets, not {preset.name}")
-        heads = pick("heads", config.num_attention_heads)
-        ffn = args.ffn or max(FFN_MULTIPLE, round(config.ffn_dim * heads / config.num_attention_heads
-                                                  / FFN_MULTIPLE) * FFN_MULTIPLE)
-        config = dataclasses.replace(config, num_layers=pick("layers", config.num_layers),
-                                     num_attention_heads=heads, ffn_dim=ffn)
-        frames = pick("frames", preset.frames)
+    if args.frames is not None and row.output != "video":
+        raise ValueError(f"--frames applies to {_families_where(lambda r: r.output == 'video')} presets, "
+                         f"not {preset.name}")
+    if row.flops is None:
+        raise ValueError(f"family {row.name!r} has no FLOP count (families.Family.flops)")
+    if args.torch and row.transformer.torch_class is None:
+        raise ValueError(f"--torch: {row.transformer.name} has no torch reference class")
+    config = _transformer_config(args, preset, small)
+    frames = pick("frames", preset.frames)
     height, width = pick("height", preset.height), pick("width", preset.width)
     image_tokens(preset, height, width, frames)  # raises ValueError for sizes the latents do not fit
-    multiple = preset.spatial_factor * 2  # Flux packs 2×2; Wan patches (1, 2, 2)
-    if height % multiple or width % multiple:
-        raise ValueError(f"{preset.name}: height and width must be multiples of {multiple}, "
-                         f"got {height}×{width}")
-    if (args.end_to_end and preset.family == "wan"
-            and (config.in_channels != preset.vae.z_dim or config.image_dim is not None)):
-        raise ValueError(f"--end-to-end runs text-to-video; {preset.name} is image-to-video")
-    passes = 1 if preset.family == "flux" or args.no_cfg else preset.guidance_passes
-    return Setup(preset=preset, transformer=config, height=height, width=width, frames=frames,
-                 batch=args.batch, text_tokens=pick("text_tokens", preset.text_tokens),
-                 steps=args.steps or preset.steps,
-                 dtype=args.dtype or ("float32" if platform == "cpu" else "bfloat16"),
-                 passes=passes, expand_timesteps=preset.expand_timesteps, reduced=reduced,
-                 seed=args.seed)
+    dtype = args.dtype or ("float32" if platform == "cpu" else "bfloat16")
+    pipe = pipeline(preset, *abstract_models(row, config, preset.vae, dtype))
+    try:
+        pipe.check_inputs(height, width, frames if pipe.output == "video" else None)
+    except ValueError as e:
+        raise ValueError(f"{preset.name}: {e}") from None
+    no_cfg = args.no_cfg and preset.guidance_passes > 1  # guidance-distilled models keep theirs
+    setup = Setup(preset=preset, transformer=config, height=height, width=width, frames=frames,
+                  batch=args.batch, text_tokens=pick("text_tokens", preset.text_tokens),
+                  steps=args.steps or preset.steps, dtype=dtype,
+                  guidance=1.0 if no_cfg else pipe.defaults()["guidance"],
+                  expand_timesteps=preset.expand_timesteps, reduced=reduced, seed=args.seed)
+    if args.end_to_end:
+        try:
+            pipe.check_call(**call_arguments(setup, pipe, "latent"))
+        except ValueError as e:
+            raise ValueError(f"--end-to-end runs text-to-{pipe.output}; {preset.name} is "
+                             f"image-to-{pipe.output}: {e}") from None
+    return setup
 
 
-def forward_flops(setup: Setup) -> dict[str, int]:
-    """FLOPs of the transformer work in one step (all guidance passes)."""
-    from ..pipelines.presets import image_tokens
+def call_arguments(setup: Setup, pipe, output_type: str) -> dict[str, Any]:
+    """The pipeline `__call__` keywords of a text-to-image/video run at the setup's sizes, on the
+    pipeline's stand-in embeddings (`random_conditioning`, repeated to the batch)."""
+    conditioning = {k: None if v is None else v.repeat(setup.batch, axis=0)
+                    for k, v in pipe.random_conditioning(setup.seed, setup.text_tokens).items()}
+    kwargs = dict(conditioning, height=setup.height, width=setup.width,
+                  num_inference_steps=setup.steps, guidance_scale=setup.guidance, seed=setup.seed,
+                  output_type=output_type)
+    if pipe.output == "video":
+        kwargs["num_frames"] = setup.frames
+    return kwargs
 
-    tokens = image_tokens(setup.preset, setup.height, setup.width, setup.frames)
-    batch = setup.batch * setup.passes
-    if setup.family == "flux":
-        return flops.flux_forward(setup.transformer, batch=batch, image_tokens=tokens,
-                                  text_tokens=setup.text_tokens)
-    c = setup.transformer
-    return flops.wan_forward(c, batch=batch, video_tokens=tokens, text_tokens=setup.text_tokens,
-                             image_tokens=WAN_IMAGE_TOKENS if c.image_dim else 0,
-                             timestep_tokens=tokens if setup.expand_timesteps else 1)
+
+def forward_flops(setup: Setup, sizes: families.Sizes) -> dict[str, int]:
+    """FLOPs of the transformer work in one step (`sizes`: the step's transformer call, all guidance
+    passes in its batch), by the family row's count."""
+    return families.call(setup.row.flops, setup.transformer, sizes)
 
 
 # ----------------------------------------------------------------------------- building
 
 
-def build(make, init: str, mesh=None):
-    """`make()`'s module with random weights: drawn by numpy on the host (`pipelines/cli.py`'s fast
-    init, the default on CPU) or by the models' own initialisers in one jitted program. With `mesh`,
-    parameters end up placed by their logical axes (`sharding.shard_module`'s placement); the device
-    init creates each shard where it lives, so a model larger than one chip can be built."""
+def build(model_cls, config, dtype: str, init: str, mesh=None, seed: int = 0):
+    """`model_cls(config)` with random weights: drawn by numpy on the host (models_flax/build.py's
+    `random_module`, the default on CPU) or by the models' own initialisers in one jitted program.
+    With `mesh`, parameters end up placed by their logical axes (`sharding.shard_module`'s
+    placement); the device init creates each shard where it lives, so a model larger than one chip
+    can be built."""
+    import jax.numpy as jnp
     from flax import nnx
 
     if init == "host":
-        from ..models_flax.build import random_state
+        from ..models_flax.build import random_module
 
-        graphdef, abstract = nnx.split(nnx.eval_shape(make))
-        module = nnx.merge(graphdef, random_state(abstract, 0))
+        module = random_module(model_cls, config, dtype, seed)
         if mesh is not None:
             from ..sharding import shard_module
 
             shard_module(module, mesh)
         return module
+    make = lambda: model_cls(config, param_dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed))
     if mesh is None:
         return nnx.jit(make)()
     import jax
@@ -242,64 +334,27 @@ def build(make, init: str, mesh=None):
     return nnx.merge(graphdef, jax.jit(init_state)())
 
 
-def denoise_program(setup: Setup, transformer, vae, *, mesh=None, attention: str = "auto",
-                    sequence_parallel: str | None = None):
-    """(pipeline, jitted step, its arguments as a tuple, description) for the timed step.
-
-    The pipeline is built with the mesh and attention options and the arguments are placed as its
-    `__call__` places them (`pipe.placement`), so on a mesh the timed program is the pipeline's own;
-    trace it inside `trace_context(pipe)`.
-    """
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
+def abstract_module(model_cls, config, dtype: str):
+    """`model_cls(config)` with shape-only parameters (nothing allocated)."""
     from flax import nnx
 
-    rng = np.random.default_rng(1)
-    normal = lambda *shape: rng.standard_normal(shape, np.float32)
-    b, c = setup.batch, setup.transformer
-    options = dict(mesh=mesh, attention=attention, sequence_parallel=sequence_parallel)
-    if setup.family == "flux":
-        from ..pipelines.flux import LATENT_AXES, FluxPipeline, latent_image_ids, pack_latents, text_ids
+    from ..models_flax.build import abstract_split
 
-        pipe = FluxPipeline(transformer, vae, **options)
-        put = pipe.placement.put
-        h, w = setup.height // pipe.vae_scale_factor, setup.width // pipe.vae_scale_factor
-        latents = pack_latents(pipe.prepare_latents(b, setup.height, setup.width, setup.seed))
-        f32 = lambda x: put(np.float32(x))
-        args = (nnx.state(transformer), put(latents, LATENT_AXES), f32(SIGMA), f32(SIGMA),
-                f32(SIGMA - 1 / setup.steps), put(normal(b, setup.text_tokens, c.joint_attention_dim),
-                                                  ("batch", None, None)),
-                put(normal(b, c.pooled_projection_dim), ("batch", None)),
-                put(latent_image_ids(h // 2, w // 2)), put(text_ids(setup.text_tokens)),
-                put(np.full((b,), FLUX_GUIDANCE, np.float32), ("batch",)) if c.guidance_embeds else None)
-        return pipe, pipe.denoise_step, args, "transformer forward + FlowMatch Euler update"
+    return nnx.merge(*abstract_split(model_cls, config, dtype))
 
-    from ..pipelines.wan import LATENT_AXES, WanPipeline
 
-    pipe = WanPipeline(transformer, vae, expand_timesteps=setup.expand_timesteps, **options)
-    put = pipe.placement.put
-    shape = pipe.latent_shape(b, setup.height, setup.width, setup.frames)
-    _, t_lat, h_lat, w_lat = shape[1:]
-    timesteps, sched = pipe.schedule(setup.steps, shape)
-    latents = jax.random.normal(jax.random.key(setup.seed), shape, jnp.float32)
-    latents, sched = pipe.place_like_latents((latents, sched), shape, put)
-    text = lambda: put(normal(b, setup.text_tokens, c.text_dim), ("batch", None, None))
-    prompt = text()
-    negative = text() if setup.passes == 2 else None
-    image_embeds = put(normal(b, WAN_IMAGE_TOKENS, c.image_dim), ("batch", None, None)) if c.image_dim else None
-    condition = token_mask = None
-    if c.in_channels != pipe.num_channels_latents:  # I2V: [mask, image latents] on channels
-        condition = put(np.zeros((b, c.in_channels - pipe.num_channels_latents, t_lat, h_lat, w_lat),
-                                 np.float32), LATENT_AXES)
-    if setup.expand_timesteps:
-        _, ph, pw = c.patch_size
-        token_mask = put(np.ones((t_lat * (h_lat // ph) * (w_lat // pw),), np.float32))
-    args = (nnx.state(transformer), latents, sched, put(np.float32(timesteps[0])), prompt, negative,
-            image_embeds, condition, None, token_mask, put(np.float32(WAN_GUIDANCE)))
-    what = ("transformer forward on the [cond; uncond] batch (CFG) + UniPC update" if setup.passes == 2
-            else "transformer forward + UniPC update")
-    return pipe, pipe.denoise_steps[0], args, what
+def abstract_models(row: families.Family, transformer_config, vae_config, dtype: str) -> tuple:
+    """(transformer, VAE) of the family with shape-only parameters."""
+    return tuple(abstract_module(families.resolve(kind.model_class), config, dtype)
+                 for kind, config in zip(row.models, (transformer_config, vae_config)))
+
+
+def pipeline(preset, transformer, vae, **options):
+    """The family's pipeline over the models, with its default scheduler; the preset's per-token
+    timesteps flag goes in as the `model_index.json` entry a checkpoint would carry."""
+    pipeline_cls = families.resolve(preset.row.pipeline)
+    return pipeline_cls.from_models(transformer, vae, pipeline_cls.default_scheduler(transformer.config),
+                                    index={"expand_timesteps": preset.expand_timesteps}, **options)
 
 
 def trace_context(pipe):
@@ -373,46 +428,20 @@ def throughput(flop_count: float, seconds: float, device: dict, dtype: str, *,
                 mfu_text="n/a" if rates["mfu"] is None else f"{rates['mfu']:.1%}")
 
 
-def torch_contender(setup: Setup, log, threads: int | None = None) -> common.Contender:
-    """diffusers' transformer in torch eager, on the GPU when JAX runs on one (else the host CPU),
-    at the batch our step runs the transformer on (×2 with CFG)."""
+def torch_contender(setup: Setup, sizes: families.Sizes, log, threads: int | None = None) -> common.Contender:
+    """The family's torch reference transformer (`ModelKind.torch_class`, diffusers) in eager mode, on
+    the GPU when JAX runs on one (else the host CPU), on the model's example inputs at the sizes of
+    our step's transformer call (`sizes`: batch ×2 with CFG)."""
     import jax
-    import numpy as np
     import torch
 
     torch.set_num_threads(threads or common.cpu_count())
     on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")
     dtype = getattr(torch, setup.dtype)
-    c = setup.transformer
-    rng = np.random.default_rng(2)
-    normal = lambda *shape: rng.standard_normal(shape, np.float32)
-    b = setup.batch * setup.passes
-    if setup.family == "flux":
-        from diffusers import FluxTransformer2DModel
-
-        from ..pipelines.flux import latent_image_ids, text_ids
-
-        h, w = setup.height // 16, setup.width // 16  # packed grid
-        inputs = dict(hidden_states=normal(b, h * w, c.in_channels),
-                      encoder_hidden_states=normal(b, setup.text_tokens, c.joint_attention_dim),
-                      pooled_projections=normal(b, c.pooled_projection_dim),
-                      timestep=np.full((b,), SIGMA, np.float32), img_ids=latent_image_ids(h, w),
-                      txt_ids=text_ids(setup.text_tokens),
-                      guidance=np.full((b,), FLUX_GUIDANCE, np.float32) if c.guidance_embeds else None)
-        cls = FluxTransformer2DModel
-    else:
-        from diffusers import WanTransformer3DModel
-
-        from ..pipelines.presets import latent_shape
-
-        _, _, t, h, w = latent_shape(setup.preset, setup.height, setup.width, setup.frames)
-        inputs = dict(hidden_states=normal(b, c.in_channels, t, h, w),
-                      timestep=np.full((b,), 500.0, np.float32),
-                      encoder_hidden_states=normal(b, setup.text_tokens, c.text_dim))
-        if c.image_dim:
-            inputs["encoder_hidden_states_image"] = normal(b, WAN_IMAGE_TOKENS, c.image_dim)
-        cls = WanTransformer3DModel
+    kind = setup.row.transformer
+    cls = families.resolve(kind.torch_class)
+    inputs = families.call(kind.example_inputs, setup.transformer, sizes, setup.seed)
     torch.manual_seed(setup.seed)
     start = time.perf_counter()
     default_dtype = torch.get_default_dtype()
@@ -442,7 +471,6 @@ def bench(args, log) -> dict[str, Any]:
     if args.torch:  # torch and JAX share the GPU: JAX must not grab 75 % of it up front
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     platform = jax.default_backend()
@@ -457,57 +485,52 @@ def bench(args, log) -> dict[str, Any]:
     n_devices = mesh.devices.size if mesh is not None else 1
     device = device_facts(n_devices)
     init = args.init if args.init != "auto" else ("host" if platform == "cpu" else "device")
-    param_dtype = jnp.dtype(setup.dtype)
-    preset, c = setup.preset, setup.transformer
+    preset, row, c = setup.preset, setup.row, setup.transformer
 
-    # -- models
-    if setup.family == "flux":
-        from ..models_flax.flux import FluxTransformer2DModel as Transformer
-        from ..models_flax.vae_kl import AutoencoderKL as VAE
-    else:
-        from ..models_flax.vae_wan import AutoencoderKLWan as VAE
-        from ..models_flax.wan import WanTransformer3DModel as Transformer
+    # -- models: the family row's classes, random weights
+    _, transformer_cls = row.transformer.classes()
+    _, vae_cls = row.vae.classes()
     start = time.perf_counter()
-    transformer = build(lambda: Transformer(c, param_dtype=param_dtype, rngs=nnx.Rngs(args.seed)), init,
-                        mesh)
+    transformer = build(transformer_cls, c, setup.dtype, init, mesh, seed=args.seed)
     init_s = time.perf_counter() - start
-    make_vae = lambda: VAE(preset.vae, param_dtype=param_dtype, rngs=nnx.Rngs(args.seed))
-    vae = build(make_vae, init) if args.decode else nnx.eval_shape(make_vae)  # abstract: config only
+    vae = (build(vae_cls, preset.vae, setup.dtype, init, seed=args.seed) if args.decode
+           else abstract_module(vae_cls, preset.vae, setup.dtype))  # abstract: config only
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(transformer, nnx.Param)))
     log(f"{preset.name}: {n_params / 1e6:.1f} M parameters ({setup.dtype}), {init} init in {init_s:.1f} s")
 
-    # -- the step: compile cold/warm, then time it
-    pipe, step_fn, step_args, what = denoise_program(setup, transformer, vae, mesh=mesh,
-                                                     attention=args.attention,
-                                                     sequence_parallel=args.sequence_parallel)
+    # -- the step (the pipeline's own program): compile cold/warm, then time it
+    pipe = pipeline(preset, transformer, vae, mesh=mesh, attention=args.attention,
+                    sequence_parallel=args.sequence_parallel)
+    program = pipe.step_program(setup.batch, setup.height, setup.width,
+                                setup.frames if pipe.output == "video" else None, setup.text_tokens,
+                                setup.steps, setup.seed, guidance_scale=setup.guidance)
     with trace_context(pipe):
-        compiled, cold_s, warm_s = compile_cold_warm(step_fn, step_args)
+        compiled, cold_s, warm_s = compile_cold_warm(program.step, program.args)
     log(f"compiled: cold {cold_s:.1f} s, warm {warm_s:.1f} s")
-    ours = common.Contender(common.OURS, lambda: jax.block_until_ready(compiled(*step_args)),
+    ours = common.Contender(common.OURS, lambda: jax.block_until_ready(compiled(*program.args)),
                             compile_s=cold_s, memory={"xla": common.xla_memory(compiled)},
                             hlo=common.hlo_stats(compiled))
     contenders = [ours]
     if args.torch:
-        contenders.append(torch_contender(setup, log, args.torch_threads))
+        contenders.append(torch_contender(setup, program.sizes, log, args.torch_threads))
     common.interleaved_rounds(contenders, args.repeats, warmup=args.warmup, log=log)
     memory_bytes, memory_source = peak_memory(compiled)
 
     # -- decode (optional)
     decode_s = None
     if args.decode:
-        out = compiled(*step_args)  # Flux: latents; Wan: (latents, scheduler state)
-        decode_s = time_decode(setup, pipe, vae, out if setup.family == "flux" else out[0], log)
+        decode_s = time_decode(pipe, program.raw(compiled(*program.args)), log)
 
     # -- derived figures
-    terms = forward_flops(setup)
+    terms = forward_flops(setup, program.sizes)
     step_flops = flops.total(terms)
     peak, peak_source = peak_tflops(device, setup.dtype, args.peak_tflops)
     end_to_end_s = None
     if args.end_to_end:  # the pipeline applies its own attention options and placement
-        end_to_end_s = time_end_to_end(setup, pipe, step_args, args.decode, log)
+        end_to_end_s = time_end_to_end(setup, pipe, args.decode, log)
     estimate_s = setup.steps * ours.median_s + (decode_s or 0.0)
     run_s = estimate_s if end_to_end_s is None else end_to_end_s
-    per_run = setup.batch * (setup.frames if setup.family == "wan" else 1)
+    per_run = setup.batch * setup.frames
     from ..pipelines.presets import image_tokens
 
     result = {
@@ -518,15 +541,15 @@ def bench(args, log) -> dict[str, Any]:
         "shape": {"batch": setup.batch, "height": setup.height, "width": setup.width,
                   "frames": setup.frames, "text_tokens": setup.text_tokens,
                   "image_tokens": image_tokens(preset, setup.height, setup.width, setup.frames),
-                  "latents": list(step_args[1].shape)},
+                  "latents": list(program.args[1].shape)},
         "dtype": setup.dtype, "mesh": args.mesh, "attention": args.attention,
         "sequence_parallel": args.sequence_parallel,
-        "step": what, "transformer_batch": setup.batch * setup.passes,
+        "step": program.what, "transformer_batch": program.sizes.batch,
         "compile_s": {"cold": cold_s, "warm": warm_s},
         "step_s": {"median": ours.median_s, "min": ours.min_s, "times": ours.times},
         "steps": setup.steps, "decode_s": decode_s, "run_s": run_s,
         "run_measured": end_to_end_s is not None, "run_estimate_s": estimate_s,
-        "unit": "frames" if setup.family == "wan" else "images",
+        "unit": UNITS[row.output],
         "per_second": per_run / run_s,
         "flops": {"step": step_flops, "terms": terms,
                   "xla_cost_analysis": (ours.hlo or {}).get("flops")},
@@ -547,37 +570,19 @@ def bench(args, log) -> dict[str, Any]:
     return result
 
 
-def time_end_to_end(setup: Setup, pipe, step_args: tuple, decode: bool, log) -> float:
-    """Wall seconds of the pipeline's own `__call__` (the second call; the first compiles), with the
-    step's prompt embeddings; images or frames come back as numpy, so the work is done on return."""
-    output_type = "np" if decode else "latent"
-    if setup.family == "flux":
-        prompt, pooled = step_args[5], step_args[6]
-        call = lambda: pipe(prompt, pooled, height=setup.height, width=setup.width,
-                            num_inference_steps=setup.steps, guidance_scale=FLUX_GUIDANCE,
-                            seed=setup.seed, output_type=output_type)
-    else:
-        prompt, negative = step_args[4], step_args[5]
-        call = lambda: pipe(prompt, negative, height=setup.height, width=setup.width,
-                            num_frames=setup.frames, num_inference_steps=setup.steps,
-                            guidance_scale=WAN_GUIDANCE if setup.passes == 2 else 1.0, seed=setup.seed,
-                            output_type=output_type)
+def time_end_to_end(setup: Setup, pipe, decode: bool, log) -> float:
+    """Wall seconds of the pipeline's own `__call__` (the second call; the first compiles) on its
+    stand-in embeddings; images or frames come back as numpy, so the work is done on return."""
+    kwargs = call_arguments(setup, pipe, "np" if decode else "latent")
+    call = lambda: pipe(**kwargs)
     first, _ = common.timed(call)
     seconds, _ = common.timed(call)
     log(f"end to end: first call {first:.1f} s (compiles), then {seconds:.2f} s")
     return seconds
 
 
-def time_decode(setup: Setup, pipe, vae, latents, log) -> float:
-    """Seconds to decode one step's output (the first call compiles and is not counted)."""
-    import jax
-    from flax import nnx
-
-    if setup.family == "flux":
-        h, w = setup.height // pipe.vae_scale_factor, setup.width // pipe.vae_scale_factor
-        raw = pipe.to_raw(latents, h, w)
-    else:
-        raw = pipe.to_raw(latents)
+def time_decode(pipe, raw, log) -> float:
+    """Seconds of the pipeline's `decode` of raw latents (the first call compiles and is not counted)."""
     decode = lambda: pipe.decode(raw)  # numpy: done when it returns
     first, _ = common.timed(decode)
     seconds, _ = common.timed(decode)
@@ -600,17 +605,20 @@ def _fmt(value, spec: str) -> str:
 def table_row(result: dict[str, Any]) -> tuple:
     """One row of the summary table for a result dict (as `bench` returns or `--json` wrote)."""
     m, s, c = result["model"], result["shape"], result["model"]["config"]
-    if m["family"] == "flux":
-        depth = f"{c['num_layers']}+{c['num_single_layers']} blocks"
-        size = f"{s['height']}×{s['width']}"
-    else:
-        depth = f"{c['num_layers']} layers"
-        size = f"{s['frames']}×{s['height']}×{s['width']}"
-    width = c["num_attention_heads"] * c["attention_head_dim"]
+    details = []  # depth and width, by the config fields the model has
+    if "num_single_layers" in c:  # double- and single-stream blocks
+        details.append(f"{c['num_layers']}+{c['num_single_layers']} blocks")
+    elif "num_layers" in c:
+        details.append(f"{c['num_layers']} layers")
+    if "num_attention_heads" in c and "attention_head_dim" in c:
+        details.append(f"D={c['num_attention_heads'] * c['attention_head_dim']}")
+    size = f"{s['height']}×{s['width']}"
+    if result["unit"] == UNITS["video"]:
+        size = f"{s['frames']}×{size}"
     d = result["device"]
     mfu = result.get("mfu")
     t = result.get("torch")
-    return (f"{m['preset']} ({depth}, D={width})",
+    return (f"{m['preset']} ({', '.join(details)})" if details else m["preset"],
             f"{size}, b{s['batch']}, {s['image_tokens']}+{s['text_tokens']} tok",
             result["dtype"], f"{d['device_kind']} ×{d['devices_used']}", result["mesh"] or "–",
             result["attention"], _fmt(result["compile_s"]["cold"], ".1f"),

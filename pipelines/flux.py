@@ -11,6 +11,8 @@ LATENT holds); scale/shift and packing happen inside:
 - `sample(latents, prompt_embeds, pooled_prompt_embeds, noise=…, num_inference_steps | sigmas,
   start_step, end_step, guidance_scale, callback)`: raw latents in and out, from any step to any step.
 - `decode(latents)`: images `[B, H, W, 3]` in 0..1.
+- `step_program(batch, height, width, …)`: the first denoising step of a run as a value
+  (`loop.StepProgram`: the jitted step and its placed arguments), what `jaxdiff bench` times.
 `__call__` composes them (text-to-image, or image-to-image with `image=` and `denoise=`). One jitted
 function does one denoising step (transformer + Euler update) and is reused every step
 (pipelines/loop.py runs the loop).
@@ -33,11 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from .. import families
 from ..schedulers import flow_match
 from ..schedulers.flow_match import (FLUX_DEV_SCHEDULER_CONFIG, FLUX_SCHNELL_SCHEDULER_CONFIG,
                                      FlowMatchEulerConfig, FlowMatchSchedule)
 from .compile_cache import CompileStats
-from .loop import ProgressCallback, add_noise, check_steps, denoise_loop
+from .loop import ProgressCallback, StepProgram, add_noise, check_steps, denoise_loop
 from .inputs import check_denoise, param_dtype, pixels_at, pixels_in
 from .placement import Placement, attention_context, check_attention_args, to_host, vae_attention_context
 
@@ -360,24 +363,55 @@ class FluxPipeline:
         if tuple(latents.shape) != packed:
             raise ValueError(f"latents must be packed {packed} for batch {batch} at latent size "
                              f"{height}×{width}, got {tuple(latents.shape)}")
-        put = self.placement.put
-        # the model sees timestep / 1000 in float32, exactly as FluxPipeline computes it
-        model_timesteps = schedule.timesteps / np.float32(1000)
-        fixed = (put(prompt_embeds, ("batch", None, None)),  # text joins the image tokens inside
-                 put(pooled_prompt_embeds, ("batch", None)),
-                 put(latent_image_ids(height // PATCH, width // PATCH)), put(text_ids(prompt_embeds.shape[1])),
-                 put(np.full((batch,), guidance_scale, np.float32), ("batch",))
-                 if self.transformer.config.guidance_embeds else None)
+        fixed = self._fixed_inputs(prompt_embeds, pooled_prompt_embeds, height, width, guidance_scale)
         state = nnx.state(self.transformer)
 
         def run_step(i, x):
-            return self.denoise_step(state, x, put(model_timesteps[i]), put(schedule.sigmas[i]),
-                                     put(schedule.sigmas[i + 1]), *fixed)
+            return self.denoise_step(state, x, *self._schedule_inputs(schedule, i), *fixed)
 
         with attention_context(self.attention, self.sequence_parallel, self.mesh):
             x, self.compile_stats = denoise_loop(range(start, end), run_step,
-                                                 put(latents, LATENT_AXES), callback=callback)
+                                                 self.placement.put(latents, LATENT_AXES), callback=callback)
         return x
+
+    def _fixed_inputs(self, prompt_embeds, pooled_prompt_embeds, height: int, width: int,
+                      guidance_scale: float) -> tuple:
+        """The step's arguments that every step shares (text, ids, guidance), placed."""
+        put = self.placement.put
+        batch = prompt_embeds.shape[0]
+        return (put(prompt_embeds, ("batch", None, None)),  # text joins the image tokens inside
+                put(pooled_prompt_embeds, ("batch", None)),
+                put(latent_image_ids(height // PATCH, width // PATCH)), put(text_ids(prompt_embeds.shape[1])),
+                put(np.full((batch,), guidance_scale, np.float32), ("batch",))
+                if self.transformer.config.guidance_embeds else None)
+
+    def _schedule_inputs(self, schedule: FlowMatchSchedule, i: int) -> tuple:
+        """(timestep, sigma, next sigma) of step `i`, placed."""
+        put = self.placement.put
+        # the model sees timestep / 1000 in float32, exactly as FluxPipeline computes it
+        return (put(schedule.timesteps[i] / np.float32(1000)), put(schedule.sigmas[i]),
+                put(schedule.sigmas[i + 1]))
+
+    def step_program(self, batch: int, height: int, width: int, num_frames: int | None = None,
+                     text_tokens: int = 512, num_inference_steps: int = 28, seed: int = 0, *,
+                     guidance_scale: float = GUIDANCE) -> StepProgram:
+        """The first step of a text-to-image run at this size, as `sample_tokens` runs it (same jitted
+        step, arguments placed the same way), on stand-in embeddings (`random_conditioning`) and
+        `prepare_latents` noise: for benchmarks and compile checks. `num_frames` must be None."""
+        self.check_inputs(height, width, num_frames)
+        check_steps(num_inference_steps, 0, None)
+        conditioning = {k: np.repeat(v, batch, axis=0)
+                        for k, v in self.random_conditioning(seed, text_tokens).items()}
+        prompt_embeds, pooled_prompt_embeds = self.check_conditioning(**conditioning)
+        _, _, h, w = self.latent_shape(batch, height, width)
+        schedule = self.schedule(num_inference_steps, height, width)
+        latents = pack_latents(self.prepare_latents(batch, height, width, seed))
+        args = (nnx.state(self.transformer), self.placement.put(latents, LATENT_AXES),
+                *self._schedule_inputs(schedule, 0),
+                *self._fixed_inputs(prompt_embeds, pooled_prompt_embeds, h, w, guidance_scale))
+        sizes = families.Sizes(batch=batch, height=h // PATCH, width=w // PATCH, text_tokens=text_tokens)
+        return StepProgram(self.denoise_step, args, "transformer forward + FlowMatch Euler update", sizes,
+                           lambda out: self.to_raw(out, h, w))
 
     # -- decode
 

@@ -8,12 +8,14 @@ step has finished on the device (progress reflects finished work); returning `Fa
 there (the latents so far are returned), raising propagates (an interrupt).
 
 Also the two small rules every flow-matching pipeline shares: `add_noise` (diffusers'
-`scale_noise` / flow `add_noise`, ComfyUI's CONST `noise_scaling`) and `check_steps`.
+`scale_noise` / flow `add_noise`, ComfyUI's CONST `noise_scaling`) and `check_steps`; and
+`StepProgram`, one step of the loop as a value (what each pipeline's `step_program` returns, for
+benchmarks and compile checks).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -21,6 +23,20 @@ import numpy as np
 from .compile_cache import CompileStats, track_compiles
 
 ProgressCallback = Callable[[int, int], "bool | None"]
+
+
+class StepProgram(NamedTuple):
+    """One denoising step exactly as a pipeline's loop runs it: `step(*args)` is the jitted step on
+    its placed arguments (trace it inside the pipeline's `attention_context`); `what` says what it
+    computes; `sizes` (`families.Sizes`) are those of the transformer call inside it (batch counts
+    the classifier-free guidance passes); `raw(step(*args))` gives the step's latents as raw VAE
+    latents (what the pipeline's `decode` takes)."""
+
+    step: Callable[..., Any]
+    args: tuple
+    what: str
+    sizes: Any
+    raw: Callable[[Any], jax.Array]
 
 
 def denoise_loop(steps: Sequence[int], run_step: Callable[[int, Any], Any], carry: Any, *,

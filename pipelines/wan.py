@@ -16,7 +16,9 @@
 
 One jitted denoising step per expert (transformer call(s) + guidance + scheduler update) is reused
 every step; its inputs that change per step (latents, timestep, scheduler state) are arrays, so each
-expert compiles once per run shape. The VAE encodes/decodes chunk by chunk with its own jitted steps.
+expert compiles once per run shape (`step_program(batch, height, width, num_frames, …)` hands out
+the first with its placed arguments, `loop.StepProgram`: what `jaxdiff bench` times). The VAE
+encodes/decodes chunk by chunk with its own jitted steps.
 
 Scale: `mesh=`, `attention=`, `sequence_parallel=` as in `flux.FluxPipeline` (latents `[B, z, T', h, w]`
 are split on batch and, where it divides, on latent frames over `seq`; the scheduler state follows
@@ -35,17 +37,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from .. import families
 from ..schedulers import flow_match, unipc
 from ..schedulers.flow_match import FlowMatchEulerConfig
 from ..schedulers.unipc import WAN_SCHEDULER_CONFIG, UniPCConfig
 from .compile_cache import CompileStats
 from .inputs import check_denoise, param_dtype, pixels_at, pixels_in
-from .loop import ProgressCallback, add_noise, check_steps, denoise_loop
+from .loop import ProgressCallback, StepProgram, add_noise, check_steps, denoise_loop
 from .placement import Placement, attention_context, check_attention_args, to_host, vae_attention_context
 
 # diffusers' Wan 2.2 A14B model_index.json boundary_ratio values.
 WAN22_T2V_BOUNDARY_RATIO = 0.875
 WAN22_I2V_BOUNDARY_RATIO = 0.9
+IMAGE_TOKENS = 257  # CLIP ViT-H/14 features per image (256 patches + class token; Wan 2.1 I2V)
 
 # Logical axes of latents `[B, z, T', h, w]`: batch over data/fsdp; latent frames (the outermost
 # part of the token order f, h, w) over seq where they divide.
@@ -402,27 +406,32 @@ class WanPipeline:
         return jax.random.normal(jax.random.key(seed), self.latent_shape(batch, height, width, num_frames),
                                  jnp.float32)
 
-    def image_condition(self, image, batch: int, height: int, width: int, num_frames: int):
+    def image_condition(self, image, batch: int, height: int, width: int, num_frames: int, *,
+                        image_latents=None):
         """(condition, frame_mask, token_mask) the denoise step takes for a first frame `image`
         (None: text-to-video), placed: I2V `[B, 4 + z, T', h, w]` mask + image latents on channels;
         TI2V (`expand_timesteps`) the image latents `[B, z, 1, h, w]`, the frame mask and per-token
-        timestep mask `[S]`."""
+        timestep mask `[S]`. `image_latents`: model-space latents standing in for the encoded image
+        (I2V `[B, z, T', h, w]`, TI2V `[B, z, 1, h, w]`; e.g. zeros where only shapes matter)."""
         config = self.transformer.config
         _, _, t_lat, h_lat, w_lat = self.latent_shape(batch, height, width, num_frames)
+        image_given = image is not None or image_latents is not None
         condition = frame_mask = token_mask = None
         if self.expand_timesteps:
             mask = np.ones((1, 1, t_lat, h_lat, w_lat), np.float32)
-            if image is not None:
+            if image_given:
                 mask[:, :, 0] = 0.0  # the encoded image is frame 0, at timestep 0
                 frame_mask = jnp.asarray(mask)
             _, ph, pw = config.patch_size
             token_mask = jnp.asarray(mask[0, 0, :, ::ph, ::pw].reshape(-1))  # [S], (f, h, w) order
-        if image is not None:
-            pixels = pixels_in(pixels_at(image, batch, height, width))[:, :, None]  # [B, 3, 1, H, W]
-            if not self.expand_timesteps:
-                zeros = np.zeros((*pixels.shape[:2], num_frames - 1, *pixels.shape[3:]), np.float32)
-                pixels = np.concatenate([pixels, zeros], axis=2)  # [B, 3, F, H, W]
-            latent_condition = self.to_model(self._encode(pixels))
+        if image_given:
+            latent_condition = image_latents
+            if latent_condition is None:
+                pixels = pixels_in(pixels_at(image, batch, height, width))[:, :, None]  # [B, 3, 1, H, W]
+                if not self.expand_timesteps:
+                    zeros = np.zeros((*pixels.shape[:2], num_frames - 1, *pixels.shape[3:]), np.float32)
+                    pixels = np.concatenate([pixels, zeros], axis=2)  # [B, 3, F, H, W]
+                latent_condition = self.to_model(self._encode(pixels))
             if self.expand_timesteps:
                 condition = latent_condition  # [B, z, 1, h, w]
             else:
@@ -517,12 +526,8 @@ class WanPipeline:
         image's). Records `compile_stats` (what the first step of each expert compiled)."""
         start, end = check_steps(len(timesteps), start_step, end_step)
         boundary, scales = self._experts(image_given, guidance_scale, guidance_scale_2)
-        put = self.placement.put
-        shape = tuple(latents.shape)
-        latents, sched = self.place_like_latents((latents, sched), shape, put)
-        prompt_embeds, negative_prompt_embeds, image_embeds = (
-            put(a, ("batch", None, None)) for a in conditioning)
-        condition_latents, frame_mask, token_mask = condition
+        carry, fixed = self._placed_inputs(latents, sched, conditioning, condition)
+        condition_latents, frame_mask, _ = condition
         experts = [nnx.state(self.transformer)]
         if self.transformer_2 is not None:
             experts.append(nnx.state(self.transformer_2))
@@ -530,16 +535,66 @@ class WanPipeline:
 
         def run_step(i, carry):
             e = expert_of(i)
-            return self.denoise_steps[e](experts[e], *carry, put(np.float32(timesteps[i])), prompt_embeds,
-                                         negative_prompt_embeds, image_embeds, condition_latents,
-                                         frame_mask, token_mask, put(np.float32(scales[e])))
+            return self.denoise_steps[e](*self._step_args(experts[e], carry, timesteps[i], fixed, scales[e]))
 
         with attention_context(self.attention, self.sequence_parallel, self.mesh):
-            (latents, _), self.compile_stats = denoise_loop(range(start, end), run_step, (latents, sched),
+            (latents, _), self.compile_stats = denoise_loop(range(start, end), run_step, carry,
                                                             program=expert_of, callback=callback)
         if frame_mask is not None:
             latents = (1 - frame_mask) * condition_latents + frame_mask * latents
         return latents
+
+    def _placed_inputs(self, latents, sched, conditioning, condition) -> tuple[tuple, tuple]:
+        """((latents, scheduler state), the arguments every step shares) placed as the step takes
+        them; `conditioning` from `check_conditioning`, `condition` from `image_condition`."""
+        put = self.placement.put
+        carry = self.place_like_latents((latents, sched), tuple(latents.shape), put)
+        return carry, (*(put(a, ("batch", None, None)) for a in conditioning), *condition)
+
+    def _step_args(self, state, carry, timestep, fixed: tuple, guidance_scale) -> tuple:
+        """The denoise step's arguments (see `_make_denoise_step`) for one step."""
+        put = self.placement.put
+        return (state, *carry, put(np.float32(timestep)), *fixed, put(np.float32(guidance_scale)))
+
+    def step_program(self, batch: int, height: int, width: int, num_frames: int = 81,
+                     text_tokens: int = 512, num_inference_steps: int = 50, seed: int = 0, *,
+                     guidance_scale: float = GUIDANCE) -> StepProgram:
+        """The first step (of the first expert) of a run at this size, as `sample_latents` runs it
+        (same jitted step, arguments placed the same way), on stand-in embeddings
+        (`random_conditioning`; CLIP-vision features N(0, 1) when the transformer takes them) and
+        `prepare_latents` noise: for benchmarks and compile checks. An image-to-video transformer
+        gets zero image latents (`image_condition(image_latents=…)`; the step costs the same)."""
+        self.check_inputs(height, width, num_frames)
+        check_steps(_as_int(num_inference_steps, "num_inference_steps"), 0, None)
+        config = self.transformer.config
+        conditioning = {k: None if v is None else np.repeat(v, batch, axis=0)
+                        for k, v in self.random_conditioning(seed, text_tokens).items()}
+        if config.image_dim is not None:
+            conditioning["image_embeds"] = np.random.default_rng(seed).standard_normal(
+                (batch, IMAGE_TOKENS, config.image_dim), np.float32)
+        image_given = config.in_channels != self.num_channels_latents  # I2V: it needs a first frame
+        conditioning = self.check_conditioning(**conditioning, guidance_scale=guidance_scale,
+                                               image_given=image_given)
+        shape = self.latent_shape(batch, height, width, num_frames)
+        image_latents = None
+        if image_given:
+            image_latents = jnp.zeros((*shape[:2], 1 if self.expand_timesteps else shape[2], *shape[3:]))
+        condition = self.image_condition(None, batch, height, width, num_frames, image_latents=image_latents)
+        timesteps, sched = self.schedule(num_inference_steps, shape)
+        _, scales = self._experts(image_given, guidance_scale, None)
+        carry, fixed = self._placed_inputs(self.prepare_latents(batch, height, width, num_frames, seed),
+                                           sched, conditioning, condition)
+        args = self._step_args(nnx.state(self.transformer), carry, timesteps[0], fixed, scales[0])
+        update = "UniPC" if isinstance(self.scheduler_config, UniPCConfig) else "FlowMatch Euler"
+        cfg = conditioning[1] is not None  # [cond; uncond] as one batch (same text length)
+        what = (f"transformer forward on the [cond; uncond] batch (CFG) + {update} update" if cfg
+                else f"transformer forward + {update} update")
+        tokens = self.image_tokens(config, shape)
+        sizes = families.Sizes(batch=batch * (2 if cfg else 1), height=shape[3], width=shape[4],
+                               frames=shape[2], text_tokens=text_tokens,
+                               image_tokens=IMAGE_TOKENS if config.image_dim is not None else 0,
+                               timestep_tokens=tokens if self.expand_timesteps else 1)
+        return StepProgram(self.denoise_steps[0], args, what, sizes, lambda out: self.to_raw(out[0]))
 
     def decode(self, latents) -> np.ndarray:
         """Raw VAE latents `[B, z, T', h, w]` → frames `[B, F, H, W, 3]` float32 0..1 (host numpy)."""
