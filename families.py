@@ -100,7 +100,9 @@ class ModelKind:
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     """Sizes of a forward call in the model's own input units (what `example_inputs` takes):
-    `height`, `width` are latent (VAE-space) rows and columns, `frames` latent frames (video)."""
+    `height`, `width` are the rows and columns of the grid the model takes — latent rows and columns
+    for Wan and the VAEs, the packed 2×2 token grid for Flux (its pipeline packs) — and `frames`
+    latent frames (video)."""
 
     batch: int = 1
     height: int = 8
