@@ -37,6 +37,12 @@ def _families_taking(option: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    _run_arguments(parser)
+    _scale_arguments(parser.add_argument_group("scale"))
+
+
+def _model_arguments(parser) -> None:
     rows = families.FAMILIES.values()
     parser.add_argument("--family", choices=list(families.FAMILIES),
                         help="model family: " + "; ".join(f"{f.name} = {f.description}" for f in rows)
@@ -60,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", metavar="TEXT",
                         help="not available yet: text encoders come in a later release; encode the "
                              "prompt elsewhere (e.g. diffusers' encode_prompt) and pass --prompt-embeds")
+
+
+def _run_arguments(parser) -> None:
     parser.add_argument("--height", type=int,
                         help="pixels, a multiple of 16 (32 for Wan TI2V-5B) (default: 64 embedded; "
                              "with --model Flux 1024, Wan 480; with --image/--init-image/--init-video "
@@ -101,7 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                         help="parameter/compute dtype (default: float32 embedded, the checkpoint's "
                              "with --model)")
-    scale = parser.add_argument_group("scale")
+
+
+def _scale_arguments(scale) -> None:
     scale.add_argument("--mesh", metavar="SPEC",
                        help="device mesh, e.g. 'data=8', 'fsdp=4,tensor=2', 'data=2,seq=4' (axes "
                             "data, fsdp, tensor, seq; sizes multiply to the device count, one may be "
