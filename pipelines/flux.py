@@ -325,8 +325,8 @@ class FluxPipeline:
         schedule = self._schedule_from(num_inference_steps, sigmas, height, width)
         x = self._start(latents, noise, schedule.sigmas, start_step, shape)
         x = self.sample_tokens(x, prompt_embeds, pooled_prompt_embeds, schedule, shape[2], shape[3],
-                         start_step=start_step, end_step=end_step, guidance_scale=guidance_scale,
-                         callback=callback)
+                               start_step=start_step, end_step=end_step, guidance_scale=guidance_scale,
+                               callback=callback)
         return self.to_raw(x, shape[2], shape[3])
 
     def _schedule_from(self, num_inference_steps, sigmas, height: int, width: int) -> FlowMatchSchedule:
@@ -350,9 +350,9 @@ class FluxPipeline:
         return pack_latents(x)
 
     def sample_tokens(self, latents: jax.Array, prompt_embeds, pooled_prompt_embeds,
-                schedule: FlowMatchSchedule, height: int, width: int, *, start_step: int = 0,
-                end_step: int | None = None, guidance_scale: float = 3.5,
-                callback: ProgressCallback | None = None) -> jax.Array:
+                      schedule: FlowMatchSchedule, height: int, width: int, *, start_step: int = 0,
+                      end_step: int | None = None, guidance_scale: float = 3.5,
+                      callback: ProgressCallback | None = None) -> jax.Array:
         """The loop on packed model-space latents `[B, S_img, 4C]` (latent `height` × `width`):
         steps `start_step..end_step` of `schedule`; returns the packed latents. Records
         `compile_stats` (what the first step compiled)."""
@@ -479,6 +479,6 @@ class FluxPipeline:
         schedule = self.schedule(num_inference_steps, height, width, sigmas=sigmas)
         x = self._start(clean, noise, schedule.sigmas, start, shape)
         x = self.sample_tokens(x, prompt_embeds, pooled_prompt_embeds, schedule, shape[2], shape[3],
-                         start_step=start, guidance_scale=guidance_scale, callback=callback)
+                               start_step=start, guidance_scale=guidance_scale, callback=callback)
         images = self.decode(self.to_raw(x, shape[2], shape[3])) if output_type == "np" else None
         return FluxPipelineOutput(images=images, latents=to_host(x))
