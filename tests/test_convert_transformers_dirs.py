@@ -18,7 +18,7 @@ from jaxdiff import load_model
 from jaxdiff.convert import convert
 from jaxdiff.convert.checkpoint import read_meta
 from jaxdiff.convert.place import load_state_dict, param_targets, plan_placement
-from jaxdiff.models_flax.layers import param
+from jaxdiff.models_flax.layers import ZEROS, param
 
 T5 = dict(vocab_size=32, d_model=16, d_kv=4, num_heads=2, d_ff=24, num_layers=2,
           relative_attention_num_buckets=8, feed_forward_proj="relu")
@@ -180,7 +180,7 @@ def test_tied_names_of_different_shapes_are_an_error(t5_dirs, tmp_path):
 
 class Tokens(nnx.Module):
     def __init__(self):
-        self.embedding = param(np.zeros((5, 3), np.float32), ("vocab", "embed"))
+        self.embedding = param(ZEROS, (5, 3), np.float32, ("vocab", "embed"))
 
 
 class Lookup(nnx.Module):

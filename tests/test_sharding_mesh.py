@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec as P
 
-from jaxdiff.models_flax.layers import Linear, param
+from jaxdiff.models_flax.layers import ONES, Linear, param
 from jaxdiff.sharding import (DEFAULT_RULES, fit_spec, logical_to_mesh_spec, make_mesh,
                               maybe_initialize_distributed, parse_mesh_spec, partition_specs,
                               resolve_mesh_shape, shard_module)
@@ -126,8 +126,8 @@ class _Tiny(nnx.Module):
         self.qkv = Linear(8, 16, axes=("embed", "heads"), rngs=rngs)
         self.time = Linear(256, 16, axes=(None, "mlp"), rngs=rngs)
         self.odd = Linear(6, 9, axes=("embed", "mlp"), rngs=rngs)
-        self.table = param(jnp.ones((1, 6, 16)), (None, None, None))
-        self.norm = param(jnp.ones((16,)), (None,))
+        self.table = param(ONES, (1, 6, 16), jnp.float32, (None, None, None))
+        self.norm = param(ONES, (16,), jnp.float32, (None,))
 
 
 def test_partition_specs_from_logical_names_with_and_without_fsdp_fallback():

@@ -21,7 +21,7 @@ from flax import nnx
 
 from jaxdiff import families
 from jaxdiff.families import ModelKind
-from jaxdiff.models_flax.layers import Linear, RMSNorm, param
+from jaxdiff.models_flax.layers import ZEROS, Linear, RMSNorm, param
 
 ARCHITECTURE = "ToyEncoderModel"
 # transformers T5 ties `shared` and `encoder.embed_tokens`; save_pretrained keeps one of the two
@@ -54,7 +54,7 @@ class ToyEmbed(nnx.Module):
     """torch `nn.Embedding`: leaf `embedding` `[num, dim]`, stored untransposed."""
 
     def __init__(self, num: int, dim: int, *, param_dtype, rngs: nnx.Rngs):
-        self.embedding = param(jnp.zeros((num, dim), param_dtype), ("vocab", "embed"))
+        self.embedding = param(ZEROS, (num, dim), param_dtype, ("vocab", "embed"))
 
 
 class ToyAttention(nnx.Module):
