@@ -251,69 +251,74 @@ def _request(args, family: families.Family, pipe, defaults: dict) -> dict:
     pipeline's `check_call` (which needs no weights)."""
     from . import loading
 
-    height, width = _size(args, defaults, pipe.size_multiple, args.model is None)
-    frames = _frames(args, defaults) if pipe.output == "video" else None
-    pipe.check_inputs(height, width, frames)  # before reading any file
+    start = _start_files(args)  # each file read once, at its own size
+    height, width = _size(args, defaults, pipe.size_multiple, start)
+    frames = _frames(args, defaults, pipe, start.get("video")) if pipe.output == "video" else None
+    pipe.check_inputs(height, width, frames)
     conditioning = (loading.read_conditioning(args.prompt_embeds, pipe) if args.prompt_embeds
                     else pipe.random_conditioning(args.seed, family.embedded.text_tokens))
     kw = dict(conditioning, height=height, width=width, num_inference_steps=args.steps or defaults["steps"],
               seed=args.seed, guidance_scale=defaults["guidance"] if args.guidance is None else args.guidance,
-              **_inputs(args, pipe, height, width, frames))
+              **_resized(start, height, width, frames))
+    if args.init_image or args.init_video:
+        kw["denoise"] = args.denoise or DENOISE_DEFAULT[pipe.output]
     if pipe.output == "video":
         kw.update(num_frames=frames, guidance_scale_2=args.guidance_2)
     pipe.check_call(**kw)
     return kw
 
 
-def _size(args, defaults: dict, multiple: int, embedded: bool) -> tuple[int, int]:
-    """--height/--width, else (with --model) the start file's size, else the defaults."""
-    start_file = args.image or args.init_image
-    if not (args.height or args.width) and not embedded and (start_file or args.init_video):
-        from .image_io import fitted_size
+def _start_files(args) -> dict:
+    """`{pipeline argument: uint8 array}` of --image (Wan's first frame), --init-image, --init-video."""
+    from .image_io import read_image
 
-        if start_file:
-            from .image_io import read_image
-
-            shape = read_image(start_file, what="--image" if args.image else "--init-image").shape
-        else:
-            from .video_io import read_video
-
-            shape = read_video(args.init_video).shape[1:]
-        return fitted_size(shape[0], shape[1], multiple)
-    return args.height or defaults["height"], args.width or defaults["width"]
-
-
-def _inputs(args, pipe, height: int, width: int, frames: int | None) -> dict:
-    """The pipeline's keyword arguments for the start image / video files, read and resized."""
-    from .image_io import read_image, resize_frames
-
-    kw = {}
+    files = {}
     if args.image:
-        kw["image"] = read_image(args.image, height, width, "--image")
+        files["image"] = read_image(args.image, what="--image")
     if args.init_image:
-        kw.update(image=read_image(args.init_image, height, width, "--init-image"))
+        files["image"] = read_image(args.init_image, what="--init-image")
     if args.init_video:
         from .video_io import read_video
 
-        video = read_video(args.init_video)
+        files["video"] = read_video(args.init_video)
+    return files
+
+
+def _size(args, defaults: dict, multiple: int, start: dict) -> tuple[int, int]:
+    """--height/--width, else (with --model) the start file's size rounded down to `multiple`, else
+    the defaults."""
+    if not (args.height or args.width) and args.model is not None and start:
+        from .image_io import fitted_size
+
+        first = next(iter(start.values()))
+        return fitted_size(first.shape[-3], first.shape[-2], multiple)
+    return args.height or defaults["height"], args.width or defaults["width"]
+
+
+def _frames(args, defaults: dict, pipe, video) -> int:
+    """--frames, else the --init-video's longest usable prefix, else the default."""
+    if args.frames or video is None:
+        return args.frames or defaults["frames"]
+    step = pipe.vae.config.temporal_factor
+    usable = (len(video) - 1) // step * step + 1  # frames = temporal_factor·k + 1
+    if usable != len(video):
+        print(f"--init-video has {len(video)} frames: using the first {usable} ({step}k + 1)", file=sys.stderr)
+    return usable
+
+
+def _resized(start: dict, height: int, width: int, frames: int | None) -> dict:
+    """The start files at the output size (and frame count)."""
+    from .image_io import resize_frames
+
+    out = {}
+    if "image" in start:
+        out["image"] = resize_frames(start["image"][None], height, width)[0]
+    if "video" in start:
+        video = start["video"]
         if len(video) < frames:
             raise ValueError(f"--init-video has {len(video)} frames, fewer than --frames {frames}")
-        kw["video"] = resize_frames(video[:frames], height, width)
-    if args.init_image or args.init_video:
-        kw["denoise"] = args.denoise or DENOISE_DEFAULT[pipe.output]
-    return kw
-
-
-def _frames(args, defaults: dict) -> int | None:
-    if args.frames or not args.init_video:
-        return args.frames or defaults.get("frames")
-    from .video_io import read_video
-
-    count = len(read_video(args.init_video))
-    usable = (count - 1) // 4 * 4 + 1  # the longest 4k + 1 prefix
-    if usable != count:
-        print(f"--init-video has {count} frames: using the first {usable} (4k + 1)", file=sys.stderr)
-    return usable
+        out["video"] = resize_frames(video[:frames], height, width)
+    return out
 
 
 def _check_pixels(pixels, what: str) -> None:
