@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": (".convert.cli", "make a fast-loading jaxdiff checkpoint from torch weights"),
     "verify": (".convert.verify", "check a model's output against diffusers (needs jaxdiff[verify])"),
     "bench": (".benchmarks.run", "time a denoising step at a released size: speed, MFU, memory"),
-    "plan": (".pipelines.plan", "plan per-device memory for a model, size and mesh: will it fit?"),
+    "plan": (".pipelines.plan_cli", "plan per-device memory for a model, size and mesh: will it fit?"),
 }
 DESCRIPTION = ("Flux images and Wan videos with JAX, on one device or a mesh of many: convert torch "
                "checkpoints (diffusers, ComfyUI, BFL single files), generate, check against "

@@ -6,7 +6,7 @@ import pytest
 
 from jaxdiff import cli
 from jaxdiff.benchmarks import run as bench
-from jaxdiff.pipelines import plan
+from jaxdiff.pipelines import plan_cli
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +44,7 @@ def test_no_subcommand_accepts_a_prefix_of_a_flag(argv, capsys):
 
 
 def test_plan_and_bench_entry_points_accept_no_prefix_either(capsys):
-    assert plan.main(["--model", "flux-dev", "--dt", "float32"]) == 2
+    assert plan_cli.main(["--model", "flux-dev", "--dt", "float32"]) == 2
     assert "unrecognized arguments: --dt" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--rep", "1"])

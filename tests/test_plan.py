@@ -10,7 +10,7 @@ import math
 import jax
 import pytest
 
-from jaxdiff.pipelines import plan
+from jaxdiff.pipelines import plan, plan_cli
 from jaxdiff.pipelines.presets import get_preset
 
 GIB = 2 ** 30
@@ -19,8 +19,8 @@ WAN14 = ["--model", "wan2.1-t2v-14b", "--height", "720", "--width", "1280", "--f
 
 def request(argv: list[str], mesh: str = "fsdp=1") -> plan.Request:
     parser = argparse.ArgumentParser()
-    plan.add_arguments(parser)
-    return plan.request_from_args(parser.parse_args(argv), mesh)
+    plan_cli.add_arguments(parser)
+    return plan_cli.request_from_args(parser.parse_args(argv), mesh)
 
 
 def leaf_bytes(state) -> int:
@@ -112,7 +112,7 @@ def test_mesh_search_covers_every_split():
     assert sorted(r["mesh"] for r in rows) == sorted(
         ["fsdp=4", "tensor=4", "seq=4", "fsdp=2,tensor=2", "fsdp=2,seq=2", "tensor=2,seq=2"])
     assert [r["peak"] for r in rows] == sorted(r["peak"] for r in rows)
-    assert "fsdp=2,tensor=2" in plan.format_search(rows)
+    assert "fsdp=2,tensor=2" in plan_cli.format_search(rows)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -125,13 +125,13 @@ def test_mesh_axes_match_sharding():
 
 
 def test_table_output(capsys):
-    assert plan.main(WAN14 + ["--mesh", "fsdp=8", "--hbm", "h100"]) == 0
+    assert plan_cli.main(WAN14 + ["--mesh", "fsdp=8", "--hbm", "h100"]) == 0
     out = capsys.readouterr().out
     assert "transformer parameters [exact]" in out and "FITS" in out and "text encoders" in out
 
 
 def test_json_output(capsys):
-    assert plan.main(["--model", "flux-dev", "--mesh", "fsdp=2,tensor=2", "--hbm", "24", "--json"]) == 0
+    assert plan_cli.main(["--model", "flux-dev", "--mesh", "fsdp=2,tensor=2", "--hbm", "24", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["devices"] == 4 and r["usable"] == 24 * GIB and r["frames"] == 1
     assert r["image_tokens"] == 4096 and r["fits"] == (r["peak"] <= r["usable"])
@@ -142,14 +142,14 @@ def test_config_path(tmp_path):
     cfg = get_preset("wan2.1-t2v-1.3b").transformer.to_dict()
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel", **cfg}))
     args = ["--config", str(tmp_path), "--height", "480", "--width", "832", "--frames", "81", "--json"]
-    assert plan.main(args) == 0
+    assert plan_cli.main(args) == 0
     converted = tmp_path / "converted"
     converted.mkdir()
     (converted / "jaxdiff.json").write_text(json.dumps(
         {"format": "jaxdiff", "class_name": "WanTransformer3DModel", "config": cfg}))
     assert plan.preset_from_config(str(converted)).transformer == get_preset("wan2.1-t2v-1.3b").transformer
     (tmp_path / "vae.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan"}))
-    assert plan.main(["--config", str(tmp_path / "vae.json")]) == 2
+    assert plan_cli.main(["--config", str(tmp_path / "vae.json")]) == 2
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -164,5 +164,5 @@ def test_config_path(tmp_path):
     (["--model", "flux-dev", "--mesh", "auto"], "--devices"),
 ])
 def test_errors(argv, message, capsys):
-    assert plan.main(argv) == 2
+    assert plan_cli.main(argv) == 2
     assert message in capsys.readouterr().err
