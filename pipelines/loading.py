@@ -170,16 +170,15 @@ def load_pipeline(model, *, vae=None, scheduler=None, family: str | None = None,
     if load is None:
         from .. import load_model as load  # looked up when called (tests substitute it)
 
-    load_model = load
     paths = resolve_paths(model, vae, scheduler)
-    transformer = load_model(paths.transformer, dtype=dtype, mesh=mesh)
+    transformer = load(paths.transformer, dtype=dtype, mesh=mesh)
     row = families.get_family(family) if family is not None else family_for(transformer)
     _check_kind(transformer, row.transformer, "model", paths.transformer)
     transformer_2 = None
     if paths.transformer_2 is not None:
-        transformer_2 = load_model(paths.transformer_2, dtype=dtype, mesh=mesh)
+        transformer_2 = load(paths.transformer_2, dtype=dtype, mesh=mesh)
         _check_kind(transformer_2, row.transformer, "model", paths.transformer_2)
-    vae_module = load_model(paths.vae, dtype=dtype, mesh=mesh)
+    vae_module = load(paths.vae, dtype=dtype, mesh=mesh)
     _check_kind(vae_module, row.vae, "vae", paths.vae)
     pipeline_cls = families.resolve(row.pipeline)
     config = scheduler_config(paths.scheduler, pipeline_cls.default_scheduler(transformer.config), sampler)
