@@ -72,24 +72,20 @@ def save_images(images: np.ndarray, path: str | os.PathLike) -> list[Path]:
     return [save_png(image, p) for image, p in zip(images, image_paths(path, len(images)))]
 
 
-def read_image(path: str | os.PathLike, height: int | None = None, width: int | None = None,
-               what: str = "--image") -> np.ndarray:
-    """An image file → uint8 RGB `[H, W, 3]`, resized (Lanczos, like diffusers' preprocessing) to
-    `height` × `width` when given."""
+def read_image(path: str | os.PathLike, what: str = "--image") -> np.ndarray:
+    """An image file → uint8 RGB `[H, W, 3]` at its own size (`resize_frames` fits it)."""
     from PIL import Image
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no such file {path}")
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        if height and width and image.size != (width, height):
-            image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
-        return np.asarray(image)
+        return np.asarray(image.convert("RGB"))
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 frames `[F, H, W, 3]` resized (Lanczos) to `height` × `width`."""
+    """uint8 frames `[F, H, W, 3]` (or images `[B, H, W, 3]`) resized (Lanczos, like diffusers'
+    preprocessing) to `height` × `width`."""
     from PIL import Image
 
     if frames.shape[1:3] == (height, width):

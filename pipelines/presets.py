@@ -74,10 +74,6 @@ def get_preset(name: str) -> Preset:
     return from_row(*families.preset(name))
 
 
-def all_presets() -> list[Preset]:
-    return [get_preset(p.name) for f in families.FAMILIES.values() for p in f.presets]
-
-
 def latent_shape(preset: Preset, height: int, width: int, frames: int = 1, batch: int = 1) -> tuple[int, ...]:
     """Raw VAE latent shape for a pixel size: images `[B, C, H/s, W/s]`, videos `[B, C, T', H/s, W/s]`."""
     s = preset.spatial_factor
