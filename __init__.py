@@ -6,9 +6,20 @@ This file is both the package root (`import jaxdiff`) and a ComfyUI custom-node 
 
 __version__ = "0.1.0"
 
-# ComfyUI node pack: the nodes arrive in comfy_nodes/ (filled by a later issue).
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+
+
+def __getattr__(name):
+    """ComfyUI's node mappings, imported on first access (ComfyUI reads them at start-up); empty when
+    ComfyUI (`folder_paths`) is not importable, so plain `import jaxdiff` never needs it."""
+    if name in ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"):
+        try:
+            import folder_paths  # noqa: F401  (only inside ComfyUI)
+        except ImportError:
+            return {}
+        from . import comfy_nodes
+
+        return getattr(comfy_nodes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_model(path, *, dtype=None, mesh=None, config=None, abstract=False):

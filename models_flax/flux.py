@@ -182,28 +182,29 @@ class FluxAttention(nnx.Module):
         k = norm_k(_project_heads(x, to_k, self.heads))
         return q, k, _project_heads(x, to_v, self.heads)
 
-    def _attend(self, q, k, v, rope):
+    def _attend(self, q, k, v, rope, mask=None):
         """RoPE then softmax attention over `[B, S, N, H]`; the softmax scale rides on q's rotation
-        (an S·H multiply fused into RoPE instead of an S·S one on the logits)."""
+        (an S·H multiply fused into RoPE instead of an S·S one on the logits). `mask`: per-key keep
+        mask `[B, 1, 1, S]` (padded text tokens) or None."""
         cos, sin = rope
         scale = 1.0 / math.sqrt(self.head_dim)
         q, k = apply_rope(q, cos * scale, sin * scale), apply_rope(k, cos, sin)
-        return attention(q, k, v, scale=1.0)  # [B, S, N, H]
+        return attention(q, k, v, scale=1.0, mask=mask)  # [B, S, N, H]
 
-    def joint(self, img: jax.Array, txt: jax.Array, rope) -> tuple[jax.Array, jax.Array]:
+    def joint(self, img: jax.Array, txt: jax.Array, rope, mask=None) -> tuple[jax.Array, jax.Array]:
         """Double-stream attention: returns (img_out `[B, Si, D]`, txt_out `[B, St, D]`)."""
         qi, ki, vi = self._qkv(img, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
         qt, kt, vt = self._qkv(txt, self.add_q_proj, self.add_k_proj, self.add_v_proj,
                                self.norm_added_q, self.norm_added_k)
         cat = lambda a, b: jnp.concatenate([a, b], axis=1)  # [B, St + Si, N, H]
-        out = self._attend(cat(qt, qi), cat(kt, ki), cat(vt, vi), rope)
+        out = self._attend(cat(qt, qi), cat(kt, ki), cat(vt, vi), rope, mask)
         n_txt = txt.shape[1]
         return _merge_heads(out[:, n_txt:], self.to_out[0]), _merge_heads(out[:, :n_txt], self.to_add_out)
 
-    def __call__(self, x: jax.Array, rope) -> jax.Array:
+    def __call__(self, x: jax.Array, rope, mask=None) -> jax.Array:
         """Single-stream attention without output projection: `[B, S, D]` → `[B, S, N, H]`."""
         q, k, v = self._qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
-        return self._attend(q, k, v, rope)
+        return self._attend(q, k, v, rope, mask)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -221,11 +222,11 @@ class FluxTransformerBlock(nnx.Module):
         self.ff = FeedForward(dim, MLP_RATIO * dim, approximate=True, **kw)
         self.ff_context = FeedForward(dim, MLP_RATIO * dim, approximate=True, **kw)
 
-    def __call__(self, img, txt, temb, rope):
+    def __call__(self, img, txt, temb, rope, mask=None):
         shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = self.norm1(temb)  # 6 × [B, D]
         c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(temb)
         img_attn, txt_attn = self.attn.joint(_modulate(img, shift, scale),
-                                             _modulate(txt, c_shift, c_scale), rope)
+                                             _modulate(txt, c_shift, c_scale), rope, mask)
         img = img + gate[:, None] * img_attn
         img = img + gate_mlp[:, None] * self.ff(_modulate(img, shift_mlp, scale_mlp))
         txt = txt + c_gate[:, None] * txt_attn
@@ -244,10 +245,10 @@ class FluxSingleTransformerBlock(nnx.Module):
         self.proj_out = Linear(dim + MLP_RATIO * dim, dim, axes=(None, "embed"), **kw)
         self.attn = FluxAttention(dim, heads, head_dim, added_kv=False, pre_only=True, **kw)
 
-    def __call__(self, x, temb, rope):
+    def __call__(self, x, temb, rope, mask=None):
         shift, scale, gate = self.norm(temb)  # 3 × [B, D]
         h = _modulate(x, shift, scale)
-        attn = self.attn(h, rope)  # [B, S, N, H]
+        attn = self.attn(h, rope, mask)  # [B, S, N, H]
         mlp = gelu_tanh(self.proj_mlp(h))  # [B, S, 4D]
         b, s, n, hd = attn.shape
         packed = jnp.concatenate([attn.reshape(b, s, n * hd), mlp], axis=-1)  # [B, S, 5D]
@@ -278,7 +279,8 @@ class FluxTransformer2DModel(nnx.Module):
 
     def __call__(self, hidden_states: jax.Array, encoder_hidden_states: jax.Array,
                  pooled_projections: jax.Array, timestep: jax.Array, img_ids: jax.Array,
-                 txt_ids: jax.Array, guidance: jax.Array | None = None) -> jax.Array:
+                 txt_ids: jax.Array, guidance: jax.Array | None = None,
+                 encoder_attention_mask: jax.Array | None = None) -> jax.Array:
         """Predicts the flow for packed latents.
 
         Args:
@@ -288,6 +290,8 @@ class FluxTransformer2DModel(nnx.Module):
           timestep: `[B]` sigma in [0, 1] (×1000 inside).
           img_ids: `[S_img, 3]` position ids (row, col in the last two); txt_ids: `[S_txt, 3]`.
           guidance: `[B]` guidance scale (×1000 inside); required iff `guidance_embeds`.
+          encoder_attention_mask: `[B, S_txt]` bool, False for padded text tokens: no token attends
+            to them (so text padded to a fixed length gives the unpadded result), or None.
 
         Returns:
           `[B, S_img, patch_size² · out_channels]`.
@@ -308,14 +312,19 @@ class FluxTransformer2DModel(nnx.Module):
         rope = rope_tables(jnp.concatenate([txt_ids, img_ids], axis=0),
                            self.config.axes_dims_rope)  # 2 × [St + Si, H]
 
+        mask = None
+        if encoder_attention_mask is not None:  # keys: [txt (as given), img (all kept)]
+            keep_img = jnp.ones((img.shape[0], img.shape[1]), bool)
+            mask = jnp.concatenate([encoder_attention_mask.astype(bool), keep_img], axis=1)[:, None, None, :]
+
         img = shard_activation(img, TOKENS)
         for block in self.transformer_blocks:
-            img, txt = block(img, txt, temb, rope)
+            img, txt = block(img, txt, temb, rope, mask)
             img = shard_activation(img, TOKENS)
         n_txt = txt.shape[1]
         x = shard_activation(jnp.concatenate([txt, img], axis=1), TOKENS)  # [B, St + Si, D]
         for block in self.single_transformer_blocks:
-            x = shard_activation(block(x, temb, rope), TOKENS)
+            x = shard_activation(block(x, temb, rope, mask), TOKENS)
         img = x[:, n_txt:]  # [B, Si, D]
 
         scale, shift = self.norm_out(temb, dtype)

@@ -189,7 +189,7 @@ class WanAttention(nnx.Module):
         return x.reshape(*x.shape[:-1], self.heads, self.head_dim)  # [B, S, N, H]
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None, rope=None,
-                 image_context: jax.Array | None = None) -> jax.Array:
+                 image_context: jax.Array | None = None, context_mask: jax.Array | None = None) -> jax.Array:
         """Self-attention (`context=None`, with `rope`) or cross-attention to `context`.
 
         Args:
@@ -197,6 +197,7 @@ class WanAttention(nnx.Module):
           context: `[B, S_txt, D]` embedded text (cross-attention) or None (self-attention).
           rope: (cos, signed_sin) from `rope_tables`, each `[S, H]`; self-attention only.
           image_context: `[B, S_img, D]` embedded image tokens (I2V cross-attention).
+          context_mask: `[B, S_txt]` bool keep-mask of the text keys (padding False), or None.
 
         Returns:
           `[B, S, D]`.
@@ -212,7 +213,8 @@ class WanAttention(nnx.Module):
             q, k = apply_rope(q, cos * scale, sin * scale), apply_rope(k, cos, sin)
         else:
             q = q * jnp.asarray(scale, q.dtype)
-        out = attention(q, k, v, scale=1.0)  # [B, S, N, H]
+        mask = None if context_mask is None else context_mask.astype(bool)[:, None, None, :]
+        out = attention(q, k, v, scale=1.0, mask=mask)  # [B, S, N, H]
         if image_context is not None:
             if self.add_k_proj is None:
                 raise ValueError("image context given but the model has no added_kv_proj_dim")
@@ -248,7 +250,7 @@ class WanTransformerBlock(nnx.Module):
                                        (None, None, None), rngs)
 
     def __call__(self, x: jax.Array, context: jax.Array, image_context: jax.Array | None,
-                 modulation: jax.Array, rope) -> jax.Array:
+                 modulation: jax.Array, rope, context_mask: jax.Array | None = None) -> jax.Array:
         """x `[B, S, D]`, modulation `[B, 1 or S, 6, D]` → `[B, S, D]`."""
         table = self.scale_shift_table[...].astype(jnp.float32)[None]  # [1, 1, 6, D]
         mod = table + modulation.astype(jnp.float32)  # [B, T, 6, D]
@@ -258,7 +260,7 @@ class WanTransformerBlock(nnx.Module):
         x = (x.astype(jnp.float32) + attn * gate).astype(x.dtype)
 
         h = x if self.norm2 is None else self.norm2(x.astype(jnp.float32)).astype(x.dtype)
-        x = x + self.attn2(h, context, image_context=image_context)
+        x = x + self.attn2(h, context, image_context=image_context, context_mask=context_mask)
 
         ff = self.ffn(_modulated(self.norm3, x, c_shift, c_scale))
         return (x.astype(jnp.float32) + ff.astype(jnp.float32) * c_gate).astype(x.dtype)
@@ -308,7 +310,8 @@ class WanTransformer3DModel(nnx.Module):
 
     def __call__(self, hidden_states: jax.Array, timestep: jax.Array,
                  encoder_hidden_states: jax.Array,
-                 encoder_hidden_states_image: jax.Array | None = None) -> jax.Array:
+                 encoder_hidden_states_image: jax.Array | None = None,
+                 encoder_attention_mask: jax.Array | None = None) -> jax.Array:
         """Predicts the flow for video latents.
 
         Args:
@@ -319,6 +322,8 @@ class WanTransformer3DModel(nnx.Module):
           encoder_hidden_states: `[B, S_txt, text_dim]` UMT5 embeddings (any length; no 512 split).
           encoder_hidden_states_image: `[B, S_img, image_dim]` CLIP-vision features (I2V/FLF2V; FLF2V
             passes `[2B, S_img, image_dim]`, first/last frame pairs), or None.
+          encoder_attention_mask: `[B, S_txt]` bool, False for padded text tokens (never attended,
+            so text padded to a fixed length gives the unpadded result), or None.
 
         Returns:
           `[B, out_channels, F, H, W]` (F, H, W rounded down to whole patches).
@@ -348,7 +353,8 @@ class WanTransformer3DModel(nnx.Module):
 
         x = shard_activation(x, TOKENS)
         for block in self.blocks:
-            x = shard_activation(block(x, context, image_context, modulation, rope), TOKENS)
+            x = shard_activation(block(x, context, image_context, modulation, rope, encoder_attention_mask),
+                                 TOKENS)
 
         table = self.scale_shift_table[...].astype(jnp.float32)[None]  # [1, 1, 2, D]
         mod = table + temb.astype(jnp.float32)[:, :, None]  # [B, T, 2, D]

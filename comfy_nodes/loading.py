@@ -1,0 +1,104 @@
+"""Loading for the nodes: a file → a cached JAX denoiser / VAE codec → ComfyUI's MODEL / VAE.
+
+Checks happen before anything is read: the mesh spec against the local devices, then the family and
+role of the file (a VAE given to the model loader, or a file that is neither Flux nor Wan, is a
+ValueError naming the file). Loaded models are cached in `registry` per (file, dtype, mesh,
+attention); the persistent XLA compile cache is turned on at the first load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from .. import load_model
+from ..pipelines import codec, denoiser
+from ..pipelines.compile_cache import enable_compile_cache
+from ..pipelines.loading import family_for
+from ..sharding.mesh import make_mesh
+from . import registry
+
+log = logging.getLogger("jaxdiff")
+DENOISERS = {"flux": denoiser.FluxDenoiser, "wan": denoiser.WanDenoiser}
+_cache_on = False
+
+
+def _compile_cache() -> None:
+    global _cache_on
+    if not _cache_on:
+        enable_compile_cache()
+        _cache_on = True
+
+
+def mesh_for(spec: str):
+    """The mesh for a node's `mesh` input: '' = all local devices as fsdp (None on one device)."""
+    spec = (spec or "").strip()
+    devices = jax.local_devices()
+    if not spec:
+        return None if len(devices) == 1 else make_mesh({"fsdp": len(devices)}, devices)
+    try:
+        return make_mesh(spec, devices)
+    except ValueError as e:
+        raise ValueError(f"mesh {spec!r} does not fit this machine's {len(devices)} "
+                         f"{devices[0].platform.upper()} device(s): {e}") from e
+
+
+def _mesh_key(mesh) -> tuple:
+    return () if mesh is None else tuple(mesh.shape.items())
+
+
+def _file_key(path: str, what: str) -> tuple:
+    """(path, what, mtime, size): a file replaced on disk is a new entry."""
+    st = os.stat(path)
+    return (os.path.abspath(path), what, st.st_mtime_ns, st.st_size)
+
+
+def _load_checked(path: str, role: str, dtype=None, mesh=None):
+    module = load_model(path, dtype=dtype, mesh=mesh)
+    family = family_for(module)
+    kind = family.transformer if role == "transformer" else family.vae
+    if type(module).__name__ != _class_name(kind):
+        what = "a VAE" if role == "transformer" else "a diffusion model"
+        node = "Load VAE (JAX)" if role == "transformer" else "Load Diffusion Model (JAX)"
+        raise ValueError(f"{os.path.basename(path)} is {what} ({type(module).__name__}); load it with '{node}'")
+    return module, family
+
+
+def _class_name(kind) -> str:
+    from ..families import resolve
+
+    return resolve(kind.model_class).__name__
+
+
+def load_diffusion_model(path: str, dtype: str | None, mesh_spec: str, attention: str):
+    """MODEL (`model.JaxModelPatcher`) for a Flux / Wan transformer file."""
+    from .model import model_patcher
+
+    mesh = mesh_for(mesh_spec)
+    attention = None if attention == "auto" else attention
+    _compile_cache()
+
+    def load():
+        module, family = _load_checked(path, "transformer", dtype, mesh)
+        if family.name not in DENOISERS:
+            raise ValueError(f"{os.path.basename(path)}: the {family.name} family has no ComfyUI adapter")
+        log.info("jaxdiff: loaded %s (%s) on %s", os.path.basename(path), family.name,
+                 "one device" if mesh is None else f"mesh {dict(mesh.shape)}")
+        return DENOISERS[family.name](module, mesh=mesh, attention=attention, name=os.path.basename(path))
+
+    return model_patcher(registry.entry(_file_key(path, "model") + (dtype, _mesh_key(mesh), attention), load))
+
+
+def load_vae(path: str):
+    """VAE (`vae.JaxVAE`) for a Flux KL or Wan 2.1 / 2.2 VAE file."""
+    from .vae import JaxVAE
+
+    _compile_cache()
+
+    def load():
+        module, _ = _load_checked(path, "vae")
+        return codec.VAECodec(module, name=os.path.basename(path))
+
+    return JaxVAE(registry.entry(_file_key(path, "vae"), load))
