@@ -13,10 +13,9 @@ import os
 
 import jax
 
-from .. import load_model
+from .. import families, load_model
 from ..pipelines import codec, denoiser
 from ..pipelines.compile_cache import enable_compile_cache
-from ..pipelines.loading import family_for
 from ..sharding.mesh import make_mesh
 from . import registry
 
@@ -56,20 +55,18 @@ def _file_key(path: str, what: str) -> tuple:
 
 
 def _load_checked(path: str, role: str, dtype=None, mesh=None):
+    """The module in `path` and its family; ValueError when it is not a `role` ("transformer"/"vae")."""
     module = load_model(path, dtype=dtype, mesh=mesh)
-    family = family_for(module)
-    kind = family.transformer if role == "transformer" else family.vae
-    if type(module).__name__ != _class_name(kind):
-        what = "a VAE" if role == "transformer" else "a diffusion model"
-        node = "Load VAE (JAX)" if role == "transformer" else "Load Diffusion Model (JAX)"
-        raise ValueError(f"{os.path.basename(path)} is {what} ({type(module).__name__}); load it with '{node}'")
+    kind = families.model_for_config(getattr(module, "config", None))
+    family = None if kind is None else families.family_of(kind)
+    if family is None:
+        raise ValueError(f"{os.path.basename(path)} holds a {type(module).__name__}, not a Flux or Wan "
+                         "diffusion model or VAE")
+    if kind.role != role:
+        node = "Load VAE (JAX)" if kind.role == "vae" else "Load Diffusion Model (JAX)"
+        raise ValueError(f"{os.path.basename(path)} is a {family.name} {kind.role} ({type(module).__name__}); "
+                         f"load it with '{node}'")
     return module, family
-
-
-def _class_name(kind) -> str:
-    from ..families import resolve
-
-    return resolve(kind.model_class).__name__
 
 
 def load_diffusion_model(path: str, dtype: str | None, mesh_spec: str, attention: str):

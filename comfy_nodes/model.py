@@ -116,6 +116,10 @@ class JaxModelPatcher(comfy.model_patcher.ModelPatcher):
     def loaded_size(self):
         return self.model_size() if self.model.diffusion_model.entry.loaded else 0
 
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        raise ValueError("LoRA / weight patches on a JAX model are not supported yet: remove the "
+                         "LoraLoader between 'Load Diffusion Model (JAX)' and the sampler")
+
     def _check_patches(self):
         if self.patches:
             raise ValueError("LoRA / weight patches on a JAX model are not supported yet: remove the "
