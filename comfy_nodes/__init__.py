@@ -48,7 +48,11 @@ def _hook_unload() -> None:
 
 _hook_unload()
 
-if importlib.util.find_spec("jax") is None:
+try:
+    _has_jax = importlib.util.find_spec("jax") is not None
+except (ImportError, ValueError):
+    _has_jax = False
+if not _has_jax:
     from .nodes import INSTALL_HINT
 
     log.warning("jaxdiff: JAX is not installed; the jaxdiff nodes are listed but cannot run. %s", INSTALL_HINT)

@@ -97,8 +97,9 @@ class JaxDiffusionModelLoader:
         }}
 
     def load(self, unet_name, weight_dtype, mesh, attention):
-        path = resolve("diffusion_models", unet_name)
-        return (_jax().load_diffusion_model(path, DTYPES[weight_dtype], mesh, attention),)
+        loading = _jax()
+        return (loading.load_diffusion_model(resolve("diffusion_models", unet_name), DTYPES[weight_dtype],
+                                             mesh, attention),)
 
 
 class JaxVAELoader:
@@ -117,7 +118,8 @@ class JaxVAELoader:
                        "from models/jax_checkpoints."})}}
 
     def load(self, vae_name):
-        return (_jax().load_vae(resolve("vae", vae_name)),)
+        loading = _jax()
+        return (loading.load_vae(resolve("vae", vae_name)),)
 
 
 class JaxSampler:

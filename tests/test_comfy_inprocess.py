@@ -373,3 +373,48 @@ def test_vae_of_the_wrong_channels_is_refused(comfy, vae_files):
     vae = _jax_vae(vae_files["flux"][0])
     with pytest.raises(ValueError, match="16 channels"):
         vae.decode(torch.zeros(1, 48, 4, 4))
+
+
+# ----------------------------------------------------------------------------- without jax
+
+NO_JAX = r"""
+import importlib.abc, importlib.machinery, sys
+class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):  # as if jax were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("jax", "jaxlib", "flax", "orbax"):
+            return importlib.machinery.ModuleSpec(name, self)
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named {spec.name!r}", name=spec.name)
+    def exec_module(self, module):
+        pass
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])
+import comfy.cli_args; comfy.cli_args.args.cpu = True
+import importlib.util
+spec = importlib.util.spec_from_file_location("pack", sys.argv[3] + "/__init__.py",
+                                              submodule_search_locations=[sys.argv[3]])
+pack = importlib.util.module_from_spec(spec); sys.modules["pack"] = pack; spec.loader.exec_module(pack)
+nodes = pack.NODE_CLASS_MAPPINGS
+print(sorted(nodes))
+nodes["JaxVAELoader"].INPUT_TYPES()
+try:
+    nodes["JaxVAELoader"]().load("x.safetensors")
+except ImportError as e:
+    print("ERR", type(e).__name__, e)
+"""
+
+
+def test_pack_loads_without_jax_and_says_what_to_install(comfy, tmp_path):
+    """ComfyUI loads the pack the way it loads every custom node (a module from the folder's
+    __init__.py); with jax missing the nodes are still listed and running one names the install."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "no_jax.py"
+    script.write_text(NO_JAX)
+    done = subprocess.run([sys.executable, str(script), str(comfy.root), str(repo / "tests"), str(repo)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "['JaxDiffusionModelLoader', 'JaxSampler', 'JaxVAELoader']" in done.stdout
+    assert "ERR ImportError jaxdiff needs JAX" in done.stdout and "pip install" in done.stdout, done.stdout
