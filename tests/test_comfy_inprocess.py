@@ -238,6 +238,8 @@ def wan_files(comfy, tmp_path_factory):
     return {
         "t2v": _save(tiny_comfy_wan(comfy.root, "t2v", in_dim=16, out_dim=16, text_dim=32), root / "t2v.safetensors"),
         "t2v_b": _save(tiny_comfy_wan(comfy.root, "t2v", seed=1, in_dim=16, out_dim=16, text_dim=32), root / "low.safetensors"),
+        "ti2v": _save(tiny_comfy_wan(comfy.root, "ti2v", in_dim=48, out_dim=48, text_dim=32),
+                      root / "ti2v.safetensors"),
         "i2v": _save(tiny_comfy_wan(comfy.root, "i2v", in_dim=36, out_dim=16, text_dim=32), root / "i2v.safetensors"),
     }
 
@@ -266,6 +268,21 @@ def test_wan_i2v_core_ksampler_equals_comfyui_model(comfy, wan_files):
     latent = torch.zeros(WAN_LATENT)
     theirs = ksampler(comfy, comfy_own_model(comfy, wan_files["i2v"]), latent, pos, neg, cfg=3.0)
     mine = ksampler(comfy, ours(wan_files["i2v"]), latent, pos, neg, cfg=3.0)
+    assert float((mine - theirs).abs().max()) <= SAMPLE_TOL
+
+
+def test_wan22_ti2v_with_a_first_frame_mask_equals_comfyui_model(comfy, wan_files):
+    """WAN22 turns a latent noise mask into per-frame timesteps (Wan22ImageToVideoLatent's first frame
+    kept); our model receives them per frame and spreads them over the frame's tokens."""
+    g = torch.Generator().manual_seed(3)
+    latent = torch.randn(1, 48, 3, 8, 12, generator=g)
+    mask = torch.ones(1, 1, 3, 8, 12)
+    mask[:, :, 0] = 0.0
+    pos, neg = conditioning(512, 32, None, 1), conditioning(512, 32, None, 2)
+    theirs = ksampler(comfy, comfy_own_model(comfy, wan_files["ti2v"]), latent, pos, neg, cfg=3.0,
+                      noise_mask=mask)
+    mine = ksampler(comfy, ours(wan_files["ti2v"]), latent, pos, neg, cfg=3.0, noise_mask=mask)
+    assert mine.shape == (1, 48, 3, 8, 12)
     assert float((mine - theirs).abs().max()) <= SAMPLE_TOL
 
 
