@@ -79,9 +79,6 @@ def sample(model, seed: int, steps: int, cfg: float, guidance: float, shift: flo
     entries = [entry_of(model)] + ([] if model_2 is None else [entry_of(model_2)])
     if sampler_name not in dn.SAMPLERS:
         raise ValueError(f"sampler_name must be one of {', '.join(dn.SAMPLERS)}, got {sampler_name!r}")
-    if "noise_mask" in latent:
-        raise ValueError("JaxSampler does not take a latent with a noise mask (inpainting / Wan 2.2 "
-                         "image-to-video latents) yet: use KSampler with the same MODEL")
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     ms = model_sampling(model, shift)
@@ -94,8 +91,11 @@ def sample(model, seed: int, steps: int, cfg: float, guidance: float, shift: flo
         negative = [[c, {**extra, "guidance": guidance}] for c, extra in negative]
     conds = {"positive": comfy.sampler_helpers.convert_cond(positive),
              "negative": comfy.sampler_helpers.convert_cond(negative)}
+    denoise_mask = None
+    if "noise_mask" in latent:  # inpainting, Wan 2.2 image-to-video (first frame kept)
+        denoise_mask = comfy.sampler_helpers.prepare_mask(latent["noise_mask"], noise.shape, "cpu")
     conds = comfy.samplers.process_conds(base, noise, conds, "cpu", latent_image=latent_image,
-                                         denoise_mask=None, seed=seed)
+                                         denoise_mask=denoise_mask, seed=seed)
     batch = noise.shape[0]
     cond, mask = _model_inputs(conds["positive"], batch, "positive")
     uncond, _ = _model_inputs(conds["negative"], batch, "negative") if cfg != 1.0 else (None, None)
@@ -115,9 +115,14 @@ def sample(model, seed: int, steps: int, cfg: float, guidance: float, shift: flo
         comfy.model_management.throw_exception_if_processing_interrupted()
         bar.update_absolute(done, total)
 
+    def kept(i):  # what ComfyUI's KSamplerX0Inpaint puts in the kept region at step i
+        return to_numpy(base.scale_latent_inpaint(x=None, sigma=sigmas[i].reshape(1), noise=noise,
+                                                  latent_image=latent_image))
+
     out = dn.sample(to_numpy(x), to_numpy(sigmas), timesteps, cond, uncond,
                     denoisers=[e.get() for e in entries], expert=expert, cfg=cfg, sampler=sampler_name,
-                    callback=tick)
+                    callback=tick, mask=to_numpy(denoise_mask), clean=to_numpy(latent_image),
+                    kept=None if denoise_mask is None else kept)
     samples = ms.inverse_noise_scaling(sigmas[-1], torch.from_numpy(out))
     result = latent.copy()
     result["samples"] = base.process_latent_out(samples.to(torch.float32))

@@ -139,23 +139,29 @@ class Denoiser:
 
     # -- a whole sampling loop on device
 
-    def _step_raw(self, state, x, solver, timestep, sigma, sigma_next, cond, uncond, cfg, *, sampler: str):
+    def _step_raw(self, state, x, solver, timestep, sigma, sigma_next, cond, uncond, cfg, keep, *,
+                  sampler: str):
         """One step as ComfyUI's samplers compute it: denoised = x − v·σ (CFG on the denoised
-        predictions), then Euler `x + (x − denoised)/σ · (σ_next − σ)` or a UniPC step."""
+        predictions), then Euler `x + (x − denoised)/σ · (σ_next − σ)` or a UniPC step. `keep`: None, or
+        (mask, clean latent, what the kept region holds at σ) — ComfyUI's KSamplerX0Inpaint: the model
+        sees x with the kept region (mask 0) replaced, and its prediction there is the clean latent."""
         model = nnx.merge(self.graph, state)
         sigma = sigma.astype(jnp.float32)
+        x_in = x if keep is None else x * keep[0] + keep[2] * (1.0 - keep[0])
 
         def denoised(inputs):
             inputs = dict(inputs)
-            xc = x if inputs.get("c_concat") is None else jnp.concatenate([x, inputs["c_concat"]], axis=1)
+            xc = x_in if inputs.get("c_concat") is None else jnp.concatenate([x_in, inputs["c_concat"]], axis=1)
             inputs.pop("c_concat", None)
             v = self._velocity(model, xc.astype(jnp.float32), timestep, **inputs).astype(jnp.float32)
-            return x - v * sigma
+            return x_in - v * sigma
 
         out = denoised(cond)
         if uncond is not None:
             out_uncond = denoised(uncond)
             out = out_uncond + (out - out_uncond) * cfg
+        if keep is not None:
+            out = out * keep[0] + keep[1] * (1.0 - keep[0])
         d = (x - out) / sigma
         if sampler == "unipc":
             return unipc.step(solver, d, x)
@@ -348,7 +354,8 @@ def _check_text(context, width: int, batch: int, family: str, advice: str) -> np
 
 def sample(x, sigmas, timesteps, cond: Mapping, uncond: Mapping | None = None, *,
            denoisers: Sequence[Denoiser], expert: Sequence[int] | None = None, cfg: float = 1.0,
-           sampler: str = "euler", callback: ProgressCallback | None = None) -> np.ndarray:
+           sampler: str = "euler", callback: ProgressCallback | None = None, mask=None, clean=None,
+           kept: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
     """Run a sampling loop on device: latents `x` at `sigmas[0]` (model space) → at `sigmas[-1]`.
 
     Args:
@@ -363,6 +370,9 @@ def sample(x, sigmas, timesteps, cond: Mapping, uncond: Mapping | None = None, *
         cfg: guidance scale (ComfyUI's `uncond + (cond − uncond)·cfg` on the denoised predictions).
         sampler: "euler" or "unipc" (flow UniPC, bh2, order 2, over the same sigmas).
         callback: `callback(done, total)` after each finished step; raising stops the loop.
+        mask, clean, kept: a noise mask (1 = denoise, 0 = keep; latent-shaped), the clean model-space
+            latent and `kept(i)`, what the kept region holds at step i (ComfyUI's
+            `scale_latent_inpaint`); all None for no mask.
     Returns:
         latents at sigmas[-1], float32 numpy.
     """
@@ -387,6 +397,9 @@ def sample(x, sigmas, timesteps, cond: Mapping, uncond: Mapping | None = None, *
             k2: d.placement.put(v) for k2, v in inputs.items() if k2 not in ("x", "timestep")}
         prepared[k] = (strip(c), strip(u), c)
     put = lead.placement.put
+    if mask is not None:
+        mask_on = put(np.broadcast_to(_f32(mask, "noise mask"), x.shape).copy())
+        clean_on = put(_f32(clean, "clean latent"))
     solver = None
     if sampler == "unipc":
         table = sigmas.copy()
@@ -396,9 +409,10 @@ def sample(x, sigmas, timesteps, cond: Mapping, uncond: Mapping | None = None, *
     def run_step(i, carry):
         d = denoisers[expert[i]]
         c, u, shapes = prepared[expert[i]]
+        keep = None if mask is None else (mask_on, clean_on, put(_f32(kept(i), "kept latent")))
         with d._tracking(f"{sampler} step", shapes):
             return d._step(d._live_state(), carry[0], carry[1], put(timesteps[i]), put(sigmas[i]),
-                           put(sigmas[i + 1]), c, u, np.float32(cfg), sampler=sampler)
+                           put(sigmas[i + 1]), c, u, np.float32(cfg), keep, sampler=sampler)
 
     (out, _), _ = denoise_loop(range(steps), run_step, (put(x), solver), program=lambda i: expert[i],
                                callback=callback)

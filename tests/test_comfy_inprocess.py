@@ -136,6 +136,23 @@ def test_flux_jax_sampler_equals_core_ksampler(comfy, flux_file, cfg):
     assert float((out - reference).abs().max()) <= SAMPLE_TOL
 
 
+def test_flux_jax_sampler_with_a_noise_mask_equals_core_ksampler(comfy, flux_file):
+    """Inpainting: the kept region is held at the noised clean latent each step (BaseModel's
+    scale_latent_inpaint), as KSampler's KSamplerX0Inpaint does."""
+    from jaxdiff.comfy_nodes.sampler import sample
+
+    model = ours(flux_file)
+    g = torch.Generator().manual_seed(9)
+    latent = torch.randn(FLUX_LATENT, generator=g)
+    mask = torch.zeros(1, 1, 64, 96)
+    mask[..., 16:48, 24:72] = 1.0  # pixel-space mask, as LoadImage/SetLatentNoiseMask give it
+    pos, neg = conditioning(20, 32, 32, 3, guidance=3.5), conditioning(20, 32, 32, 4)
+    reference = ksampler(comfy, model, latent, pos, neg, steps=4, denoise=0.8, noise_mask=mask)
+    out = sample(model, 7, 4, 1.0, -1.0, 0.0, "euler", pos, neg, {"samples": latent, "noise_mask": mask},
+                 denoise=0.8)["samples"]
+    assert float((out - reference).abs().max()) <= SAMPLE_TOL
+
+
 def test_flux_text_padded_to_bucket_equals_unpadded(comfy, flux_file):
     """77 tokens pad to the 128 bucket, masked: the same output as the transformer on 77 tokens."""
     import jax.numpy as jnp
@@ -271,7 +288,7 @@ def test_wan_i2v_core_ksampler_equals_comfyui_model(comfy, wan_files):
     assert float((mine - theirs).abs().max()) <= SAMPLE_TOL
 
 
-def test_wan22_ti2v_with_a_first_frame_mask_equals_comfyui_model(comfy, wan_files):
+def test_wan22_ti2v_with_a_first_frame_mask_equals_comfyui_model_and_jax_sampler(comfy, wan_files):
     """WAN22 turns a latent noise mask into per-frame timesteps (Wan22ImageToVideoLatent's first frame
     kept); our model receives them per frame and spreads them over the frame's tokens."""
     g = torch.Generator().manual_seed(3)
@@ -284,6 +301,11 @@ def test_wan22_ti2v_with_a_first_frame_mask_equals_comfyui_model(comfy, wan_file
     mine = ksampler(comfy, ours(wan_files["ti2v"]), latent, pos, neg, cfg=3.0, noise_mask=mask)
     assert mine.shape == (1, 48, 3, 8, 12)
     assert float((mine - theirs).abs().max()) <= SAMPLE_TOL
+    from jaxdiff.comfy_nodes.sampler import sample
+
+    jax_out = sample(ours(wan_files["ti2v"]), 7, 3, 3.0, -1.0, 0.0, "euler", pos, neg,
+                     {"samples": latent, "noise_mask": mask})["samples"]
+    assert float((jax_out - mine).abs().max()) <= SAMPLE_TOL
 
 
 @pytest.mark.parametrize("sampler", ["euler", "unipc"])
