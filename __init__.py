@@ -5,6 +5,7 @@ This file is both the package root (`import jaxdiff`) and a ComfyUI custom-node 
 """
 
 __version__ = "0.1.0"
+WEB_DIRECTORY = "./web"  # ComfyUI: per-node help pages in web/docs/<NodeName>.md
 
 
 
