@@ -123,7 +123,7 @@ def sample(model, seed: int, steps: int, cfg: float, guidance: float, shift: flo
                     denoisers=[e.get() for e in entries], expert=expert, cfg=cfg, sampler=sampler_name,
                     callback=tick, mask=to_numpy(denoise_mask), clean=to_numpy(latent_image),
                     kept=None if denoise_mask is None else kept)
-    samples = ms.inverse_noise_scaling(sigmas[-1], torch.from_numpy(out))
+    samples = ms.inverse_noise_scaling(sigmas[-1], torch.from_numpy(out.copy()))  # out: a read-only host view
     result = latent.copy()
     result["samples"] = base.process_latent_out(samples.to(torch.float32))
     return result
