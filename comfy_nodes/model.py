@@ -19,6 +19,7 @@ import torch
 import comfy.model_detection
 import comfy.model_management
 import comfy.model_patcher
+import comfy.utils
 
 from . import registry
 
@@ -120,10 +121,7 @@ class JaxModelPatcher(comfy.model_patcher.ModelPatcher):
         raise ValueError("LoRA / weight patches on a JAX model are not supported yet: remove the "
                          "LoraLoader between 'Load Diffusion Model (JAX)' and the sampler")
 
-    def _check_patches(self):
-        if self.patches:
-            raise ValueError("LoRA / weight patches on a JAX model are not supported yet: remove the "
-                             "LoraLoader between the JAX loader and the sampler")
+    def _check_patches(self):  # weight patches cannot arrive: add_patches refuses them
         if self.weight_wrapper_patches:
             raise ValueError("weight wrappers are not supported by the JAX model")
 
@@ -160,8 +158,6 @@ class JaxModelPatcher(comfy.model_patcher.ModelPatcher):
 
 def model_patcher(entry: registry.Entry) -> JaxModelPatcher:
     """The MODEL for a loaded denoiser entry: ComfyUI's model class around `JaxFlux` / `JaxWan`."""
-    import comfy.utils  # noqa: F401  (unpatch_model uses it)
-
     denoiser = entry.get()
     config = denoiser.config
     if denoiser.family == "flux":

@@ -15,7 +15,8 @@ from flax import nnx
 
 from .. import families
 from .inputs import param_dtype
-from .placement import to_host, vae_attention_context
+from ..sharding.mesh import param_bytes
+from .placement import free, to_host, vae_attention_context
 
 
 class VAECodec:
@@ -47,13 +48,11 @@ class VAECodec:
 
     @property
     def nbytes(self) -> int:
-        return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(nnx.state(self.vae)))
+        return param_bytes(self.vae)
 
     def release(self) -> None:
         """Free the weights' device memory now; the codec is unusable afterwards."""
-        for leaf in jax.tree.leaves(nnx.state(self.vae)):
-            if isinstance(leaf, jax.Array) and not leaf.is_deleted():
-                leaf.delete()
+        free(nnx.state(self.vae))
 
     def check_latent(self, z: np.ndarray) -> None:
         dims = 3 if self.video else 2

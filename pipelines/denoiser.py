@@ -16,6 +16,7 @@ Host numpy in and out; imports models_flax (types), schedulers, kernels through 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Callable, Mapping, Sequence
@@ -26,11 +27,12 @@ import numpy as np
 from flax import nnx
 
 from ..schedulers import unipc
+from ..sharding.mesh import param_bytes
 from .compile_cache import track_compiles
 from .flux import PATCH, latent_image_ids, pack_latents, text_ids, unpack_latents
 from .inputs import param_dtype
 from .loop import ProgressCallback, denoise_loop
-from .placement import Placement, attention_context, check_attention_args, to_host
+from .placement import Placement, attention_context, check_attention_args, free, to_host
 
 log = logging.getLogger("jaxdiff")
 
@@ -104,13 +106,11 @@ class Denoiser:
     @property
     def nbytes(self) -> int:
         """Bytes of the transformer's parameters (all shards)."""
-        return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(self.state))
+        return param_bytes(self.state)
 
     def release(self) -> None:
         """Free the parameters' device memory now; the denoiser is unusable afterwards."""
-        for leaf in jax.tree.leaves(self.state):
-            if isinstance(leaf, jax.Array) and not leaf.is_deleted():
-                leaf.delete()
+        free(self.state)
         self.state = None
 
     # -- the forward ComfyUI calls
@@ -132,10 +132,21 @@ class Denoiser:
         model = nnx.merge(self.graph, state)
         return self._velocity(model, x, timestep, **inputs)
 
+    @contextlib.contextmanager
     def _tracking(self, what: str, inputs: Mapping[str, np.ndarray | None]):
-        """Track (and log) compiles the first time a program meets a new set of input shapes."""
+        """The attention options for the call; on a program's first call with these input shapes,
+        count its compile and log it (cold / warm / cached)."""
         key = (what,) + tuple((k, None if v is None else tuple(np.shape(v))) for k, v in sorted(inputs.items()))
-        return _FirstCall(self, key, what, inputs)
+        with attention_context(self.attention, None, self.mesh):
+            if key in self._compiled:
+                yield
+                return
+            with track_compiles() as stats:
+                yield
+            self._compiled.add(key)
+            shape = np.shape(inputs["x"])
+            log.info("jaxdiff: %s %s for latents %s (batch %d): %s", self.name, what,
+                     "×".join(map(str, shape[1:])), shape[0], stats.describe())
 
     # -- a whole sampling loop on device
 
@@ -150,10 +161,7 @@ class Denoiser:
         x_in = x if keep is None else x * keep[0] + keep[2] * (1.0 - keep[0])
 
         def denoised(inputs):
-            inputs = dict(inputs)
-            xc = x_in if inputs.get("c_concat") is None else jnp.concatenate([x_in, inputs["c_concat"]], axis=1)
-            inputs.pop("c_concat", None)
-            v = self._velocity(model, xc.astype(jnp.float32), timestep, **inputs).astype(jnp.float32)
+            v = self._velocity(model, x_in.astype(jnp.float32), timestep, **inputs).astype(jnp.float32)
             return x_in - v * sigma
 
         out = denoised(cond)
@@ -166,36 +174,6 @@ class Denoiser:
         if sampler == "unipc":
             return unipc.step(solver, d, x)
         return x + d * (sigma_next - sigma), solver
-
-
-class _FirstCall:
-    """Context manager: on a program's first call with these shapes, count and log its compile."""
-
-    def __init__(self, denoiser: Denoiser, key, what: str, inputs):
-        self.denoiser, self.key, self.what, self.inputs = denoiser, key, what, inputs
-        self._ctx = None
-
-    def __enter__(self):
-        self._attn = attention_context(self.denoiser.attention, None, self.denoiser.mesh)
-        self._attn.__enter__()
-        if self.key not in self.denoiser._compiled:
-            self._ctx = track_compiles()
-            self.stats = self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            if self._ctx is not None:
-                self._ctx.__exit__(*exc)
-                if exc[0] is None:
-                    self.denoiser._compiled.add(self.key)
-                    x = self.inputs.get("x")
-                    shape = "" if x is None else "×".join(map(str, np.shape(x)[1:]))
-                    log.info("jaxdiff: %s %s for latents %s (batch %d): %s", self.denoiser.name,
-                             self.what, shape, np.shape(x)[0] if x is not None else 0, self.stats.describe())
-        finally:
-            self._attn.__exit__(*exc)
-        return False
 
 
 class FluxDenoiser(Denoiser):

@@ -46,6 +46,13 @@ class Placement:
         return x if self.mesh is None else activation_constraint(self.mesh)(x, axes)
 
 
+def free(state) -> None:
+    """Delete every jax array in `state` now (their device memory returns); the owner is unusable after."""
+    for leaf in jax.tree.leaves(state):
+        if isinstance(leaf, jax.Array) and not leaf.is_deleted():
+            leaf.delete()
+
+
 def to_host(x) -> np.ndarray:
     """A (possibly multi-host sharded) array as host numpy."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
