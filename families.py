@@ -167,10 +167,58 @@ class Family:
     # bench --shape reduced: config fields and sizes of the CPU-sized run
     reduced: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    # the encoders the pipeline conditions on: text (Flux: CLIP-L, T5-XXL; Wan: UMT5-XXL) and, for
+    # image-to-video, an image encoder (Wan 2.1 I2V: CLIP ViT-H/14)
+    text_encoders: tuple[ModelKind, ...] = ()
+    image_encoder: ModelKind | None = None
+
     @property
     def models(self) -> tuple[ModelKind, ...]:
         return (self.transformer, self.vae)
 
+    @property
+    def encoders(self) -> tuple[ModelKind, ...]:
+        return self.text_encoders + ((self.image_encoder,) if self.image_encoder else ())
+
+
+# ----------------------------------------------------------------------------- text and image encoders
+# transformers-format directories load by `architectures`; ComfyUI's single files (clip_l,
+# t5xxl_*, umt5_xxl_*, clip_vision_h) keep transformers' key names, so they are told apart by their
+# keys and their config read from shapes (convert/t5_keys.py, convert/clip_keys.py).
+
+CLIP_TEXT = ModelKind(
+    name="clip_text", role="text_encoder", class_name="CLIPTextModel",
+    architectures=("CLIPTextModelWithProjection",),
+    config_class="models_flax.clip:CLIPTextConfig", model_class="models_flax.clip:CLIPTextModel",
+    diffusers_single_file=("convert.clip_keys:is_clip_text", "convert.clip_keys:clip_text_config"),
+    ignored_keys=("text_model\\.embeddings\\.position_ids", "^logit_scale$", "^text_projection\\."),
+    example_inputs="models_flax.clip:example_text_inputs", torch_class="transformers:CLIPTextModel")
+
+T5_ENCODER = ModelKind(
+    name="t5", role="text_encoder", class_name="T5EncoderModel",
+    config_class="models_flax.t5:T5Config", model_class="models_flax.t5:T5EncoderModel",
+    diffusers_single_file=("convert.t5_keys:is_t5", "convert.t5_keys:t5_config"),
+    tied=(("shared.weight", "encoder.embed_tokens.weight"),),
+    example_inputs="models_flax.t5:example_inputs", torch_class="transformers:T5EncoderModel")
+
+UMT5_ENCODER = ModelKind(
+    name="umt5", role="text_encoder", class_name="UMT5EncoderModel",
+    config_class="models_flax.umt5:UMT5Config", model_class="models_flax.umt5:UMT5EncoderModel",
+    diffusers_single_file=("convert.t5_keys:is_umt5", "convert.t5_keys:umt5_config"),
+    tied=(("shared.weight", "encoder.embed_tokens.weight"),),
+    example_inputs="models_flax.t5:example_inputs", torch_class="transformers:UMT5EncoderModel")
+
+CLIP_VISION = ModelKind(
+    name="clip_vision", role="image_encoder", class_name="CLIPVisionModelWithProjection",
+    architectures=("CLIPVisionModel",),
+    config_class="models_flax.clip_vision:CLIPVisionConfig",
+    model_class="models_flax.clip_vision:CLIPVisionModelWithProjection",
+    diffusers_single_file=("convert.clip_keys:is_clip_vision", "convert.clip_keys:clip_vision_config"),
+    ignored_keys=("vision_model\\.embeddings\\.position_ids",),
+    example_inputs="models_flax.clip_vision:example_inputs",
+    torch_class="transformers:CLIPVisionModelWithProjection")
+
+ENCODERS = (CLIP_TEXT, T5_ENCODER, UMT5_ENCODER, CLIP_VISION)
 
 # ----------------------------------------------------------------------------- Flux
 
@@ -203,6 +251,7 @@ _FLUX_VAE = "models_flax.vae_kl:FLUX_VAE_CONFIG"  # FLUX.1 vae/config.json
 FLUX = Family(
     name="flux", description="Flux.1 dev / schnell: text-to-image (and image-to-image)", output="image",
     transformer=FLUX_TRANSFORMER, vae=FLUX_VAE, pipeline="pipelines.flux:FluxPipeline",
+    text_encoders=(CLIP_TEXT, T5_ENCODER),
     presets=(Preset("flux-dev", dict(_FLUX, guidance_embeds=True), _FLUX_VAE),
              Preset("flux-schnell", dict(_FLUX, guidance_embeds=False), _FLUX_VAE, steps=4)),
     # Flux-dev-shaped: 16 latent channels × 2×2 packing, head dim 16 = sum(axes); VAE factor 8
@@ -253,6 +302,7 @@ _WAN22_VAE = "models_flax.vae_wan:WAN22_VAE_CONFIG"  # Wan2.2-TI2V-5B vae/config
 WAN = Family(
     name="wan", description="Wan 2.1 / 2.2: text-to-video, image-to-video (and video-to-video)",
     output="video", transformer=WAN_TRANSFORMER, vae=WAN_VAE, pipeline="pipelines.wan:WanPipeline",
+    text_encoders=(UMT5_ENCODER,), image_encoder=CLIP_VISION,
     presets=(
         Preset("wan2.1-t2v-1.3b", _WAN_1_3B, None, 480, 832, 81, steps=50, guidance_passes=2),
         Preset("wan2.1-t2v-14b", _WAN_14B, None, 720, 1280, 81, steps=50, guidance_passes=2),
@@ -313,7 +363,7 @@ def all_models() -> list[ModelKind]:
     for family in FAMILIES.values():
         for model in family.models:
             seen.setdefault(model.name, model)
-    for model in _EXTRA_MODELS.values():
+    for model in (*ENCODERS, *_EXTRA_MODELS.values()):
         seen.setdefault(model.name, model)
     return list(seen.values())
 
