@@ -36,6 +36,17 @@ def load_model(path, *, dtype=None, mesh=None, config=None, abstract=False):
     return _load_model(path, dtype=dtype, mesh=mesh, config=config, abstract=abstract)
 
 
+def load_tokenizer(path):
+    """A text encoder's tokenizer: a directory with tokenizer.json, vocab.json + merges.txt (CLIP BPE) or
+    spiece.model (a diffusers pipeline's `tokenizer*/` folder is one), a sentencepiece `*.model` file, or a
+    ComfyUI UMT5 `.safetensors` holding a `spiece_model` tensor. `tok(prompts, max_length)` returns int32
+    `input_ids` / `attention_mask` `[B, max_length]` as diffusers' pipelines tokenise. See
+    pipelines/tokenizer.py."""
+    from .pipelines.tokenizer import load_tokenizer as _load_tokenizer
+
+    return _load_tokenizer(path)
+
+
 def load_pipeline(model, **options):
     """The family's pipeline (FluxPipeline, WanPipeline, …) for a diffusers pipeline dir or a
     transformer path plus `vae=`; see `pipelines.loading.load_pipeline` for the options."""
@@ -52,4 +63,4 @@ def enable_compile_cache(path=None):
     return _enable(path)
 
 
-__all__ = ["enable_compile_cache", "load_model", "load_pipeline", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]
+__all__ = ["enable_compile_cache", "load_model", "load_pipeline", "load_tokenizer", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]

@@ -11,6 +11,8 @@
 - `cli`: the `jaxdiff generate` subcommand (argument parsing and output writing; kept import-light).
 - `compile_cache`: the persistent XLA compile cache (`enable_compile_cache`) and `track_compiles`.
 - `export`: `jax.export` of a fixed-shape Flux denoise step (`export_denoise_step`, `load_exported_step`).
+- `tokenizer`: text-encoder tokenizers from the files beside the weights (`load_tokenizer`, `Tokenizer`,
+  `check_vocab`) and Wan's `wan_prompt_clean`; tokenizers / sentencepiece only.
 - `image_io` / `video_io`: writing 0..1 float images as PNG, frames as MP4 / animated WebP.
 
 Names are imported lazily so that `jaxdiff --help` does not import jax.
@@ -40,6 +42,10 @@ _LAZY = {
     "export_denoise_step": ".export",
     "load_exported_step": ".export",
     "step_weights": ".export",
+    "load_tokenizer": ".tokenizer",
+    "Tokenizer": ".tokenizer",
+    "check_vocab": ".tokenizer",
+    "wan_prompt_clean": ".tokenizer",
 }
 
 __all__ = sorted(_LAZY)
