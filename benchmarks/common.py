@@ -192,27 +192,46 @@ def mib(n_bytes: int | float | None) -> str:
 # ----------------------------------------------------------------------------- contenders
 
 
-
-
-def jitted_flax_contender(name: str, build, torch_model, inputs, jax_dtype) -> tuple[Contender, Any]:
-    """Our nnx module (`build(rngs)`, built abstractly) with the torch model's weights, jitted."""
-    import jax
+def jax_inputs(inputs: dict, jax_dtype) -> dict:
+    """numpy forward kwargs → jax arrays: floating ones in `jax_dtype`, integer ones (token ids,
+    masks) as they are; None stays None."""
     import jax.numpy as jnp
+
+    return {k: None if v is None else jnp.asarray(v, jax_dtype if np.issubdtype(v.dtype, np.floating) else None)
+            for k, v in inputs.items()}
+
+
+def torch_inputs(inputs: dict, torch_dtype, device) -> dict:
+    """numpy forward kwargs → torch tensors on `device`: floating ones in `torch_dtype`, integer ones
+    as int64 (what torch embeddings take); None stays None."""
+    import torch
+
+    return {k: None if v is None else torch.from_numpy(v).to(
+                device=device, dtype=torch_dtype if np.issubdtype(v.dtype, np.floating) else torch.int64)
+            for k, v in inputs.items()}
+
+
+def jitted_flax_contender(name: str, build, torch_model, inputs, jax_dtype,
+                          ignore_keys: tuple[str, ...] = ()) -> tuple[Contender, Any]:
+    """Our nnx module (`build(rngs)`, built abstractly) with the torch model's weights, jitted;
+    `ignore_keys` are state-dict keys that are no parameter of ours (tied aliases)."""
+    import jax
     from flax import nnx
 
     from jaxdiff.convert.place import load_state_dict
 
     # abstract first: no random init to throw away (time, and a second copy of the weights)
     model = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
-    load_state_dict(model, {k: v.detach().float().cpu().numpy() for k, v in torch_model.state_dict().items()},
-                    source=f"diffusers {type(torch_model).__name__}", dtype=jax_dtype)
+    load_state_dict(model, {k: v.detach().float().cpu().numpy() for k, v in torch_model.state_dict().items()
+                            if k not in ignore_keys},
+                    source=f"torch {type(torch_model).__name__}", dtype=jax_dtype)
     graphdef, state = nnx.split(model)
     del model
 
     def forward(state, kw):
         return nnx.merge(graphdef, state)(**kw)
 
-    kwargs = {k: None if v is None else jnp.asarray(v, jax_dtype) for k, v in inputs.items()}
+    kwargs = jax_inputs(inputs, jax_dtype)
     compile_s, compiled = timed(lambda: jax.jit(forward).lower(state, kwargs).compile())
     step = lambda: compiled(state, kwargs).block_until_ready()
     c = Contender(name, step, compile_s=compile_s, memory={"xla": xla_memory(compiled)},
@@ -220,10 +239,9 @@ def jitted_flax_contender(name: str, build, torch_model, inputs, jax_dtype) -> t
     return c, step()
 
 
-def torchax_contender(torch_model, inputs, jax_dtype) -> tuple[Contender, Any]:
-    """The diffusers module traced by torchax (`extract_jax`), jitted."""
+def torchax_contender(torch_model, inputs, jax_dtype, name: str = TORCHAX) -> tuple[Contender, Any]:
+    """The diffusers (or transformers) module traced by torchax (`extract_jax`), jitted."""
     import jax
-    import jax.numpy as jnp
     import torchax
 
     with warnings.catch_warnings():  # torchax asks for 64-bit dtypes that x64-less JAX truncates
@@ -233,19 +251,18 @@ def torchax_contender(torch_model, inputs, jax_dtype) -> tuple[Contender, Any]:
         def forward(weights, kw):
             return fn(weights, (), dict(kw, return_dict=False))[0]  # return_dict: static Python value
 
-        kwargs = {k: None if v is None else jnp.asarray(v, jax_dtype) for k, v in inputs.items()}
+        kwargs = jax_inputs(inputs, jax_dtype)
         compile_s, compiled = timed(lambda: jax.jit(forward).lower(weights, kwargs).compile())
     step = lambda: compiled(weights, kwargs).block_until_ready()
-    c = Contender(TORCHAX, step, compile_s=compile_s, memory={"xla": xla_memory(compiled)},
+    c = Contender(name, step, compile_s=compile_s, memory={"xla": xla_memory(compiled)},
                   hlo=hlo_stats(compiled))
     return c, step()
 
 
-def eager_contender(torch_model, inputs, torch_dtype, device) -> tuple[Contender, Any]:
+def eager_contender(torch_model, inputs, torch_dtype, device, name: str = EAGER) -> tuple[Contender, Any]:
     import torch
 
-    kwargs = {k: None if v is None else torch.from_numpy(v).to(device=device, dtype=torch_dtype)
-              for k, v in inputs.items()}
+    kwargs = torch_inputs(inputs, torch_dtype, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step():
@@ -254,16 +271,17 @@ def eager_contender(torch_model, inputs, torch_dtype, device) -> tuple[Contender
         sync()
         return out
 
-    return Contender(EAGER, step), step()
+    return Contender(name, step), step()
 
 
 def agreement(outputs: dict[str, np.ndarray], dtype: str) -> list[dict[str, Any]]:
-    """Max abs / relative diffs of ours against each diffusers path (judged), and between the two
-    diffusers paths (not judged: the same module on two backends, i.e. the noise floor)."""
+    """Max abs / relative diffs of ours (the first output) against each reference path (judged), and
+    between two reference paths (not judged: the same torch module on two backends, i.e. the noise
+    floor)."""
     names = list(outputs)
     pairs = [(names[0], other, names[0] == OURS) for other in names[1:]]
-    if EAGER in outputs and TORCHAX in outputs:
-        pairs.append((TORCHAX, EAGER, False))
+    if len(names) == 3:
+        pairs.append((names[1], names[2], False))
     rows = []
     for a_name, b_name, judged in pairs:
         a, b = outputs[a_name].astype(np.float64), outputs[b_name].astype(np.float64)
