@@ -192,21 +192,27 @@ CLIP_TEXT = ModelKind(
     config_class="models_flax.clip:CLIPTextConfig", model_class="models_flax.clip:CLIPTextModel",
     diffusers_single_file=("convert.clip_keys:is_clip_text", "convert.clip_keys:clip_text_config"),
     ignored_keys=("text_model\\.embeddings\\.position_ids", "^logit_scale$", "^text_projection\\."),
-    example_inputs="models_flax.clip:example_text_inputs", torch_class="transformers:CLIPTextModel")
+    example_inputs="models_flax.clip:example_text_inputs", input_axes="models_flax.clip:INPUT_AXES",
+    torch_class="transformers:CLIPTextModel")
 
 T5_ENCODER = ModelKind(
     name="t5", role="text_encoder", class_name="T5EncoderModel",
     config_class="models_flax.t5:T5Config", model_class="models_flax.t5:T5EncoderModel",
     diffusers_single_file=("convert.t5_keys:is_t5", "convert.t5_keys:t5_config"),
+    # transformers' T5EncoderModel ignores `decoder` keys; ComfyUI files may carry a `spiece_model`
+    ignored_keys=("decoder", "^spiece_model$"),
     tied=(("shared.weight", "encoder.embed_tokens.weight"),),
-    example_inputs="models_flax.t5:example_inputs", torch_class="transformers:T5EncoderModel")
+    example_inputs="models_flax.t5:example_inputs", input_axes="models_flax.t5:INPUT_AXES",
+    torch_class="transformers:T5EncoderModel")
 
 UMT5_ENCODER = ModelKind(
     name="umt5", role="text_encoder", class_name="UMT5EncoderModel",
     config_class="models_flax.umt5:UMT5Config", model_class="models_flax.umt5:UMT5EncoderModel",
     diffusers_single_file=("convert.t5_keys:is_umt5", "convert.t5_keys:umt5_config"),
+    ignored_keys=("^spiece_model$",),  # ComfyUI's umt5_xxl files embed the SentencePiece tokenizer
     tied=(("shared.weight", "encoder.embed_tokens.weight"),),
-    example_inputs="models_flax.t5:example_inputs", torch_class="transformers:UMT5EncoderModel")
+    example_inputs="models_flax.t5:example_inputs", input_axes="models_flax.t5:INPUT_AXES",
+    torch_class="transformers:UMT5EncoderModel")
 
 CLIP_VISION = ModelKind(
     name="clip_vision", role="image_encoder", class_name="CLIPVisionModelWithProjection",
@@ -216,9 +222,23 @@ CLIP_VISION = ModelKind(
     diffusers_single_file=("convert.clip_keys:is_clip_vision", "convert.clip_keys:clip_vision_config"),
     ignored_keys=("vision_model\\.embeddings\\.position_ids",),
     example_inputs="models_flax.clip_vision:example_inputs",
-    torch_class="transformers:CLIPVisionModelWithProjection")
+    input_axes="models_flax.clip_vision:INPUT_AXES", torch_class="transformers:CLIPVisionModelWithProjection")
 
 ENCODERS = (CLIP_TEXT, T5_ENCODER, UMT5_ENCODER, CLIP_VISION)
+
+# the released encoders' config.json values (what `jaxdiff plan` counts): openai/clip-vit-large-patch14's
+# text model, google/t5-v1_1-xxl's and google/umt5-xxl's encoders, laion CLIP ViT-H/14's vision tower
+ENCODER_PRESETS: dict[str, dict[str, Any]] = {
+    "clip_text": dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                      num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                      projection_dim=768),
+    "t5": dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+               feed_forward_proj="gated-gelu"),
+    "umt5": dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                 feed_forward_proj="gated-gelu"),
+    "clip_vision": dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                        image_size=224, patch_size=14, hidden_act="gelu", projection_dim=1024),
+}
 
 # ----------------------------------------------------------------------------- Flux
 
@@ -263,7 +283,7 @@ FLUX = Family(
                  norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
                  up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.3611, shift_factor=0.1159,
                  use_quant_conv=False, use_post_quant_conv=False)),
-    options=("init_image", "export_step"),
+    options=("init_image", "export_step", "text_encoder_2", "tokenizer_2"),
     flops="benchmarks.flops:flux",
     plan_estimates="pipelines.plan_estimates:FLUX",
     reduced=dict(num_layers=1, num_single_layers=2, num_attention_heads=4, height=256, width=256,
@@ -324,7 +344,8 @@ WAN = Family(
         vae=dict(base_dim=3, z_dim=16, dim_mult=(1, 1, 1, 1), num_res_blocks=1,
                  temperal_downsample=(False, True, True)),
         frames=9, image_transformer=dict(in_channels=36)),
-    options=("frames", "image", "guidance_2", "sampler", "fps", "init_video"),
+    options=("frames", "image", "guidance_2", "sampler", "fps", "init_video", "negative_prompt",
+             "image_encoder"),
     flops="benchmarks.flops:wan",
     plan_estimates="pipelines.plan_estimates:WAN",
     reduced=dict(num_layers=2, num_attention_heads=4, height=256, width=256, frames=9, text_tokens=128))

@@ -99,3 +99,72 @@ def load_vae(path: str):
         return codec.VAECodec(module, name=os.path.basename(path))
 
     return JaxVAE(registry.entry(_file_key(path, "vae"), load))
+
+
+# ----------------------------------------------------------------------------- encoders
+
+TEXT_ENCODERS = {"flux": ("clip_text", "t5"), "wan": ("umt5",)}
+ENCODER_NAMES = {"clip_text": "CLIP-L", "t5": "T5-XXL", "umt5": "UMT5-XXL", "clip_vision": "CLIP vision"}
+
+
+def _kind_at(path: str):
+    from ..convert.loader import detect_kind
+
+    return detect_kind(path)
+
+
+def load_clip(paths: list[str], family: str, dtype: str | None, mesh_spec: str):
+    """CLIP (`clip.JaxCLIP`) for the family's text encoder files (Flux: CLIP-L and T5-XXL in either
+    order; Wan: UMT5-XXL); the kinds are checked from headers before anything loads."""
+    from ..pipelines.text import TextEncoder
+    from . import clip
+
+    wanted = TEXT_ENCODERS[family]
+    takes = " and ".join(ENCODER_NAMES[k] for k in wanted)
+    kinds = {}
+    for path in paths:
+        kind = _kind_at(path)
+        name = os.path.basename(path)
+        if kind.name not in wanted:
+            what = f"a {ENCODER_NAMES[kind.name]} encoder" if kind.name in ENCODER_NAMES else f"a {kind.name} {kind.role}"
+            raise ValueError(f"{name} holds {what}; type '{family}' takes {takes}")
+        if kind.name in kinds:
+            raise ValueError(f"{name} and {os.path.basename(kinds[kind.name])} are both {ENCODER_NAMES[kind.name]}; "
+                             f"type '{family}' takes {takes}")
+        kinds[kind.name] = path
+    missing = [ENCODER_NAMES[k] for k in wanted if k not in kinds]
+    if missing:
+        raise ValueError(f"type '{family}' takes {takes}; missing {', '.join(missing)}")
+    mesh = mesh_for(mesh_spec)
+    _compile_cache()
+    encoders = {}
+    for kind, path in kinds.items():
+        def load(path=path):
+            log.info("jaxdiff: loading text encoder %s", os.path.basename(path))
+            return TextEncoder(load_model(path, dtype=dtype, mesh=mesh), None, path=path)
+
+        entry = registry.entry(_file_key(path, "text_encoder") + (dtype, _mesh_key(mesh)), load)
+        entry.get()
+        key, encoder = clip.token_encoder(kind, entry)
+        encoders[key] = encoder
+    spiece = clip.spiece_model_of(kinds["umt5"]) if "umt5" in kinds else None
+    if "umt5" in kinds and spiece is None:
+        raise ValueError(f"{os.path.basename(kinds['umt5'])}: no tokenizer — the file holds no `spiece_model` "
+                         "tensor (ComfyUI's umt5_xxl files do) and no spiece.model is beside it")
+    return clip.JaxCLIP(family, encoders, clip.tokenizer_for(family, spiece))
+
+
+def load_clip_vision(path: str, dtype: str | None = None):
+    """CLIP_VISION (`clip.JaxClipVision`) for a CLIP vision file (clip_vision_h)."""
+    from ..pipelines.text import ImageEncoder
+    from . import clip
+
+    kind = _kind_at(path)
+    if kind.role != "image_encoder":
+        raise ValueError(f"{os.path.basename(path)} is a {kind.name} {kind.role}, not a CLIP vision model")
+    _compile_cache()
+
+    def load():
+        return ImageEncoder(load_model(path, dtype=dtype), path=path)
+
+    return clip.JaxClipVision(registry.entry(_file_key(path, "clip_vision") + (dtype,), load))

@@ -108,18 +108,22 @@ class JaxWan(_JaxDiffusionModel):
 
 
 class JaxModelPatcher(comfy.model_patcher.ModelPatcher):
-    """A ModelPatcher for a model whose weights live in JAX: nothing moves on the torch side."""
+    """A ModelPatcher for a model whose weights live in JAX: nothing moves on the torch side. Its
+    registry entries: the MODEL's `diffusion_model.entry`, or an encoder holder's `entries` (clip.py)."""
+
+    def _entries(self) -> list[registry.Entry]:
+        inner = getattr(self.model, "diffusion_model", None)
+        return [inner.entry] if isinstance(inner, _JaxDiffusionModel) else list(self.model.entries)
 
     def model_size(self):
-        entry = self.model.diffusion_model.entry
-        return entry.nbytes or self.size
+        return sum(e.nbytes for e in self._entries()) or self.size
 
     def loaded_size(self):
-        return self.model_size() if self.model.diffusion_model.entry.loaded else 0
+        return sum(e.nbytes for e in self._entries() if e.loaded)
 
     def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
         raise ValueError("LoRA / weight patches on a JAX model are not supported yet: remove the "
-                         "LoraLoader between 'Load Diffusion Model (JAX)' and the sampler")
+                         "LoraLoader between the JAX loader and the sampler / text encode node")
 
     def _check_patches(self):  # weight patches cannot arrive: add_patches refuses them
         if self.weight_wrapper_patches:
@@ -127,7 +131,8 @@ class JaxModelPatcher(comfy.model_patcher.ModelPatcher):
 
     def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
         self._check_patches()
-        self.model.diffusion_model.entry.get()  # loads again if it was released
+        for entry in self._entries():
+            entry.get()  # loads again if it was released
         self.model.model_loaded_weight_memory = self.model_size()
         self.model.model_lowvram = False
         self.model.lowvram_patch_counter = 0
@@ -152,7 +157,8 @@ class JaxModelPatcher(comfy.model_patcher.ModelPatcher):
     def detach(self, unpatch_all=True):
         model = super().detach(unpatch_all)
         if unpatch_all:
-            self.model.diffusion_model.entry.release()
+            for entry in self._entries():
+                entry.release()
         return model
 
 

@@ -171,7 +171,86 @@ class JaxSampler:
                        latent_image, denoise=denoise, model_2=model_2, boundary=boundary),)
 
 
+_TEXT_DTYPE = ("weight_dtype", (list(DTYPES), {
+    "tooltip": "default: the file's dtype (fp8 files load as bf16); fp32 for exact comparisons."}))
+_MESH = ("mesh", ("STRING", {"default": "", "tooltip":
+                            "How to spread the weights over devices, e.g. 'fsdp=8'. Empty: all local devices "
+                            "as fsdp."}))
+
+
+class JaxCLIPLoader:
+    DESCRIPTION = ("Loads Wan's UMT5-XXL text encoder to run in JAX. A drop-in for 'Load CLIP' (type wan): "
+                   "its CLIP works with the core CLIP Text Encode node and gives the same conditioning. "
+                   "The tokenizer is ComfyUI's, read from the file.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CLIP",)
+    OUTPUT_TOOLTIPS = ("The text encoder, its weights on the JAX devices.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        register_folder()
+        return {"required": {
+            "clip_name": (model_files("text_encoders"), {
+                "tooltip": "umt5_xxl_fp16 / umt5_xxl_fp8_e4m3fn_scaled.safetensors from models/text_encoders, or "
+                           "a converted checkpoint from models/jax_checkpoints."}),
+            "type": (["wan"], {"tooltip": "Wan 2.1 / 2.2 (UMT5-XXL)."}),
+            _TEXT_DTYPE[0]: _TEXT_DTYPE[1], _MESH[0]: _MESH[1]}}
+
+    def load(self, clip_name, type, weight_dtype, mesh):
+        loading = _jax()
+        return (loading.load_clip([resolve("text_encoders", clip_name)], type, DTYPES[weight_dtype], mesh),)
+
+
+class JaxDualCLIPLoader:
+    DESCRIPTION = ("Loads Flux's two text encoders (CLIP-L and T5-XXL, in either slot) to run in JAX. A drop-in "
+                   "for 'DualCLIPLoader' (type flux): its CLIP works with the core CLIP Text Encode and "
+                   "CLIPTextEncodeFlux nodes and gives the same conditioning. The tokenizers are ComfyUI's.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CLIP",)
+    OUTPUT_TOOLTIPS = ("The text encoders, their weights on the JAX devices.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        register_folder()
+        files = model_files("text_encoders")
+        return {"required": {
+            "clip_name1": (files, {"tooltip": "clip_l.safetensors (or the T5 file)."}),
+            "clip_name2": (files, {"tooltip": "t5xxl_fp16 / t5xxl_fp8_e4m3fn(_scaled).safetensors (or clip_l)."}),
+            "type": (["flux"], {"tooltip": "Flux.1 dev / schnell (CLIP-L + T5-XXL)."}),
+            _TEXT_DTYPE[0]: _TEXT_DTYPE[1], _MESH[0]: _MESH[1]}}
+
+    def load(self, clip_name1, clip_name2, type, weight_dtype, mesh):
+        loading = _jax()
+        paths = [resolve("text_encoders", clip_name1), resolve("text_encoders", clip_name2)]
+        return (loading.load_clip(paths, type, DTYPES[weight_dtype], mesh),)
+
+
+class JaxCLIPVisionLoader:
+    DESCRIPTION = ("Loads a CLIP vision model (clip_vision_h for Wan 2.1 image-to-video) to run in JAX. A "
+                   "drop-in for 'Load CLIP Vision': its CLIP_VISION works with the core CLIP Vision Encode "
+                   "node, whose output WanImageToVideo takes.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CLIP_VISION",)
+    OUTPUT_TOOLTIPS = ("The image encoder, its weights on the JAX devices.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        register_folder()
+        return {"required": {"clip_name": (model_files("clip_vision"), {
+            "tooltip": "clip_vision_h.safetensors from models/clip_vision, or a converted checkpoint."})}}
+
+    def load(self, clip_name):
+        loading = _jax()
+        return (loading.load_clip_vision(resolve("clip_vision", clip_name)),)
+
+
 NODE_CLASS_MAPPINGS = {"JaxDiffusionModelLoader": JaxDiffusionModelLoader, "JaxVAELoader": JaxVAELoader,
-                       "JaxSampler": JaxSampler}
+                       "JaxSampler": JaxSampler, "JaxCLIPLoader": JaxCLIPLoader,
+                       "JaxDualCLIPLoader": JaxDualCLIPLoader, "JaxCLIPVisionLoader": JaxCLIPVisionLoader}
 NODE_DISPLAY_NAME_MAPPINGS = {"JaxDiffusionModelLoader": "Load Diffusion Model (JAX)",
-                              "JaxVAELoader": "Load VAE (JAX)", "JaxSampler": "JAX Sampler"}
+                              "JaxVAELoader": "Load VAE (JAX)", "JaxSampler": "JAX Sampler",
+                              "JaxCLIPLoader": "Load CLIP (JAX)", "JaxDualCLIPLoader": "DualCLIPLoader (JAX)",
+                              "JaxCLIPVisionLoader": "Load CLIP Vision (JAX)"}

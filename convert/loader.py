@@ -23,8 +23,8 @@ from ..families import Layout, ModelKind
 from . import flux_keys, vae_keys
 from .detect import Source, class_name, inspect_path
 from .families import abstract_model, canonical_dtype, ignored_keys, model_config
-from .place import (Path as ParamPath, fill, partition_shardings, plan_placement, to_flax_layout,
-                    unit_of)
+from .place import (Path as ParamPath, fill, partition_shardings, plan_placement, resolve_path,
+                    to_flax_layout, unit_of)
 from .safetensors_io import FP8_DTYPES, SafetensorsReader
 from .transform import Take, contiguous, dequantize, find_scales
 
@@ -58,18 +58,30 @@ def _detect_single_file(names: dict[str, tuple[int, ...]], path: Path, config: A
     for model in families.all_models():
         for layout in model.layouts:
             if families.call(layout.detect, names):
-                return model, (config if config is not None else families.call(layout.config, names)), layout
+                if config is None:
+                    config = _config_from_shapes(layout.config, names, path)
+                return model, config, layout
     if config is not None:  # diffusers-named file with an explicit config
         return _kind_of_config(config, path), config, None
     for model in families.all_models():
         if model.diffusers_single_file and families.call(model.diffusers_single_file[0], names):
-            return model, families.call(model.diffusers_single_file[1], names), None
+            return model, _config_from_shapes(model.diffusers_single_file[1], names, path), None
     known = [f"{layout.description} (key {layout.detect_key!r})"
              for model in families.all_models() for layout in model.layouts]
     raise ValueError(
         f"{path}: unrecognised single-file layout ({len(names)} keys, e.g. "
         f"{', '.join(sorted(names)[:3])}); known: {'; '.join(known)}; or diffusers names with "
         "config=. Otherwise pass config= or use a diffusers model directory.")
+
+
+def _config_from_shapes(infer: Any, names: dict[str, tuple[int, ...]], path: Path) -> Any:
+    """`infer(names)` (a layout's config from key shapes); its ValueError names the file too."""
+    try:
+        return families.call(infer, names)
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{path}: {err}") from None
 
 
 def _kind_of_config(config: Any, where: Path) -> ModelKind:
@@ -140,22 +152,37 @@ class Plan:
             config = src.config if config is None else config
         self.family = self.model.name
         self.config = model_config(self.model, config)
+        self.dtype = canonical_dtype(dtype) if dtype is not None else _default_dtype(
+            {n: reader.infos[self.stored[n]] for n in shapes})
+        self.graphdef, self.state = abstract_model(self.model, self.config, self.dtype)
+        self.params = {tuple(p): v for p, v in nnx.to_flat_state(self.state)}
         if layout is not None:
             self.takes, unknown, missing_keys = families.call(layout.keymap, shapes, self.config)
         else:  # diffusers names; keys diffusers itself ignores for this kind are dropped (named list)
+            shapes = self._wrap_bare_keys(shapes)
             tied = _tied(self.model, shapes, src.path)
             ignored = ignored_keys(self.model, shapes)
             self.takes = {n: Take(n) for n in shapes if n not in ignored and n not in tied.values()}
             self.takes.update({key: Take(alias) for key, alias in tied.items()})
             unknown, missing_keys = [], []
-        self.dtype = canonical_dtype(dtype) if dtype is not None else _default_dtype(
-            {n: reader.infos[self.stored[n]] for n in shapes})
-        self.graphdef, self.state = abstract_model(self.model, self.config, self.dtype)
-        self.params = {tuple(p): v for p, v in nnx.to_flat_state(self.state)}
         target_shapes = {key: take.shape(shapes[take.source]) for key, take in self.takes.items()}
         self.placement = plan_placement(target_shapes, self.params, unknown=unknown,
                                         missing_keys=missing_keys, source=str(src.path),
                                         model=self.model.class_name)
+
+    def _wrap_bare_keys(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """transformers 5 saves a bare `CLIPTextModel` / `CLIPVisionModel` without the `text_model.` /
+        `vision_model.` wrapper its older files (and ComfyUI's) keep: when every parameter sits under
+        one top-level module that no stored key names, the keys are read as `<module>.<key>`."""
+        tops = {path[0] for path in self.params}
+        if len(tops) != 1 or any(name.split(".")[0] in tops for name in shapes):
+            return shapes
+        prefix = f"{tops.pop()}."
+        if not any(resolve_path(prefix + name, self.params) for name in shapes):
+            return shapes
+        self.stored = {prefix + name: key for name, key in self.stored.items()}
+        self.scales = {prefix + name: prefix + scale for name, scale in self.scales.items()}
+        return {prefix + name: shape for name, shape in shapes.items()}
 
     def __enter__(self) -> "Plan":
         return self

@@ -6,7 +6,8 @@ Argument parsing and output writing only: the pipelines come from `pipelines.loa
 
 With no `--model`, an embedded default runs: a tiny random-weight transformer and VAE built
 in-process from a fixed seed, with random prompt embeddings, so the whole path (denoise loop,
-decode, file) runs in seconds. With `--model PATH` the real model is loaded and the prompt comes as
+decode, file) runs in seconds. With `--model PATH` the real model is loaded and the prompt is encoded
+by our text encoders (`--prompt` with `--text-encoder …`, pipelines/prompting.py) or comes as
 precomputed embeddings (`--prompt-embeds`). `--init-image` / `--init-video` with `--denoise` start
 from an image or a video instead of pure noise.
 
@@ -64,8 +65,33 @@ def _model_arguments(parser) -> None:
                              "'negative_prompt_embeds' (for guidance > 1) and, for Wan 2.1 I2V, "
                              "CLIP-vision 'image_embeds' [1, S_img, 1280] (required with --model)")
     parser.add_argument("--prompt", metavar="TEXT",
-                        help="not available yet: text encoders come in a later release; encode the "
-                             "prompt elsewhere (e.g. diffusers' encode_prompt) and pass --prompt-embeds")
+                        help="the prompt, encoded by our JAX text encoders (--text-encoder; with a "
+                             "diffusers pipeline dir as --model, its text_encoder*/ and tokenizer*/)")
+    parser.add_argument("--negative-prompt", metavar="TEXT",
+                        help="Wan: what to steer away from with guidance > 1 (default: empty)")
+    text = parser.add_argument_group("text encoders (with --prompt)")
+    text.add_argument("--text-encoder", metavar="PATH",
+                      help="Flux: CLIP-L (clip_l.safetensors or a CLIPTextModel dir); Wan: UMT5-XXL "
+                           "(umt5_xxl_*.safetensors or a UMT5EncoderModel dir); a converted checkpoint "
+                           "works too. Flux's two may come in either order")
+    text.add_argument("--text-encoder-2", metavar="PATH",
+                      help="Flux: T5-XXL (t5xxl_*.safetensors or a T5EncoderModel dir)")
+    text.add_argument("--tokenizer", metavar="PATH",
+                      help="tokenizer of --text-encoder (tokenizer.json, vocab.json + merges.txt or "
+                           "spiece.model, or their folder); default: found beside the weights (ComfyUI's "
+                           "UMT5 files carry theirs)")
+    text.add_argument("--tokenizer-2", metavar="PATH", help="tokenizer of --text-encoder-2, like --tokenizer")
+    text.add_argument("--image-encoder", metavar="PATH",
+                      help="Wan 2.1 I2V with --image: CLIP ViT-H/14 vision (clip_vision_h.safetensors "
+                           "or a CLIPVisionModelWithProjection dir)")
+    text.add_argument("--max-sequence-length", type=int,
+                      help="T5/UMT5 tokens (default: Flux-dev 512, schnell 256, Wan 512)")
+    text.add_argument("--offload-text-encoder", action=argparse.BooleanOptionalAction, default=None,
+                      help="free the encoders' device memory before denoising (default: on when the "
+                           "encoders and the transformer do not fit the device together)")
+    text.add_argument("--embedding-cache", metavar="DIR|off",
+                      help="where encoded prompts are kept, so a repeated prompt skips its encoders "
+                           "(default $JAXDIFF_EMBEDDING_CACHE or ~/.cache/jaxdiff/embeddings; off disables)")
 
 
 def _run_arguments(parser) -> None:
@@ -150,9 +176,15 @@ DENOISE_DEFAULT = {"image": 0.6, "video": 0.8}  # diffusers' img2img / video2vid
 def check_arguments(args) -> families.Family:
     """Every check that needs no model: the family, which options it takes, value ranges. Returns
     the family row. Raises ValueError naming the flag."""
-    if args.prompt is not None:
-        raise ValueError("--prompt is not available yet: jaxdiff has no text encoders; encode the prompt "
-                         "elsewhere (e.g. diffusers' FluxPipeline.encode_prompt) and pass --prompt-embeds FILE")
+    if args.prompt is not None and args.prompt_embeds:
+        raise ValueError("give --prompt or --prompt-embeds, not both")
+    if args.prompt is None:
+        for flag in ("negative_prompt", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                     "image_encoder", "max_sequence_length"):
+            if getattr(args, flag, None) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} needs --prompt")
+    if args.max_sequence_length is not None and args.max_sequence_length <= 0:
+        raise ValueError(f"--max-sequence-length must be positive, got {args.max_sequence_length}")
     for dest, flag in POSITIVE.items():
         value = getattr(args, dest, None)
         if value is not None and value <= 0:
@@ -172,9 +204,11 @@ def check_arguments(args) -> families.Family:
         for flag, value in (("--vae", args.vae), ("--scheduler-config", args.scheduler_config)):
             if value:
                 raise ValueError(f"{flag} needs --model (the embedded default has its own)")
-    elif not args.prompt_embeds:
-        raise ValueError("--prompt-embeds FILE is required with --model (text encoders are "
-                         "not part of generate yet)")
+    elif not (args.prompt_embeds or args.prompt is not None):
+        raise ValueError("--model needs a prompt: --prompt TEXT (with --text-encoder …) or --prompt-embeds FILE")
+    if args.prompt is not None and args.model is None and not args.text_encoder:
+        raise ValueError("--prompt needs text encoders: --text-encoder PATH (Flux: also --text-encoder-2), "
+                         "or a diffusers pipeline dir as --model")
     if getattr(args, "export_step", None) and args.mesh:
         raise ValueError("--export-step exports a one-device step; drop --mesh")
     return family
@@ -246,17 +280,18 @@ def _pipeline(args, family: families.Family, mesh, *, abstract: bool = False):
     return pipe, pipe.defaults()
 
 
-def _request(args, family: families.Family, pipe, defaults: dict) -> dict:
+def _request(args, family: families.Family, pipe, defaults: dict, conditioning: dict | None = None) -> dict:
     """The pipeline call for the arguments (conditioning, sizes, start files), checked by the
-    pipeline's `check_call` (which needs no weights)."""
+    pipeline's `check_call` (which needs no weights). `conditioning`: encoded prompts (--prompt)."""
     from . import loading
 
     start = _start_files(args)  # each file read once, at its own size
     height, width = _size(args, defaults, pipe.size_multiple, start)
     frames = _frames(args, defaults, pipe, start.get("video")) if pipe.output == "video" else None
     pipe.check_inputs(height, width, frames)
-    conditioning = (loading.read_conditioning(args.prompt_embeds, pipe) if args.prompt_embeds
-                    else pipe.random_conditioning(args.seed, family.embedded.text_tokens))
+    if conditioning is None:
+        conditioning = (loading.read_conditioning(args.prompt_embeds, pipe) if args.prompt_embeds
+                        else pipe.random_conditioning(args.seed, family.embedded.text_tokens))
     kw = dict(conditioning, height=height, width=width, num_inference_steps=args.steps or defaults["steps"],
               seed=args.seed, guidance_scale=defaults["guidance"] if args.guidance is None else args.guidance,
               **_resized(start, height, width, frames))
@@ -355,12 +390,17 @@ def _run(args, family: families.Family, mesh) -> list[Path]:
 
         _check_suffix(out)  # before any model is built
     shapes_only, defaults = _pipeline(args, family, None, abstract=True)
-    kw = None if shapes_only is None else _request(args, family, shapes_only, defaults)
+    conditioning = None
+    if args.prompt is not None:
+        from .prompt_cli import encode_for_cli
+
+        conditioning = encode_for_cli(args, family, shapes_only, mesh)
+    kw = None if shapes_only is None else _request(args, family, shapes_only, defaults, conditioning)
     if args.model is None:
         print(f"no --model: embedded tiny random-weight {family.name} ({family.description})",
               file=sys.stderr)
     pipe, defaults = _pipeline(args, family, mesh)
-    kw = kw or _request(args, family, pipe, defaults)
+    kw = kw or _request(args, family, pipe, defaults, conditioning)
     if getattr(args, "export_step", None):
         _export_step(pipe, args.export_step, kw["prompt_embeds"].shape, kw["height"], kw["width"])
     start = time.perf_counter()

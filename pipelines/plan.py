@@ -6,7 +6,10 @@ What is exact and what is estimated (all per device):
 - **Parameters** (exact): shapes and dtypes from `nnx.eval_shape` of the real module, placed by the
   same logical-axis rules as `sharding.shard_module` (`partition_specs` on an `AbstractMesh` with the
   given axes, FSDP fallback included), summed. Wan 2.2 A14B counts both experts resident. The VAE is
-  counted replicated. Text encoders are not modelled (`--text-encoder-gib` adds a figure you supply).
+  counted replicated. The family's text encoders (and Wan I2V's CLIP vision) are counted from the
+  released configs (families.ENCODER_PRESETS), sharded by the same rules; they run once before
+  denoising, so with `offload_text_encoder` (the default when they would not fit beside the
+  transformer) they count only in an encoding phase of their own.
 - **Activations** (analytical, `transformer_activations`): the live set at the peak of one block
   (self-attention, cross-attention or FFN; Flux: joint attention, MLP or single block) plus the
   model-level tensors (RoPE tables, text context, latents in/out). Inference keeps nothing across
@@ -75,7 +78,8 @@ class Request:
     vae_dtype: str = "bfloat16"
     attention: str = "flash"
     sequence_parallel: str = "ulysses"
-    text_encoder_bytes: int = 0
+    text_encoder_bytes: int = 0  # > 0: this figure per device instead of the counted encoders
+    offload_text_encoder: bool | None = None  # None: offload when the encoders do not fit beside the rest
     axes: tuple[str, ...] = ()  # mesh axes as given (a real mesh has exactly these); () = those > 1
 
     @property
@@ -474,6 +478,35 @@ def hbm_bytes(spec: str | None) -> tuple[str | None, int | None]:
     return f"{gib:g} GiB", int(gib * GIB)
 
 
+def encoder_terms(req: Request) -> dict[str, Any]:
+    """Per-device parameter bytes of the family's encoders (exact) and the encoding step's
+    activations (estimate: hidden and FFN streams plus XLA attention's fp32 logits and probabilities,
+    heads split over tensor)."""
+    import numpy as np
+
+    from .. import families
+
+    p = req.preset
+    kinds = list(p.row.text_encoders)
+    if p.row.image_encoder is not None and getattr(p.transformer, "image_dim", None):
+        kinds.append(p.row.image_encoder)
+    params, acts = {}, 0
+    item = np.dtype(as_dtype(req.dtype)).itemsize
+    for kind in kinds:
+        config = families.resolve(kind.config_class).from_dict(families.ENCODER_PRESETS[kind.name])
+        _, state = abstract_split(kind, config, req.dtype)
+        params[kind.name] = sharded_bytes(state, req.placement_mesh)[1]
+        width = getattr(config, "d_model", None) or config.hidden_size
+        ffn = getattr(config, "d_ff", None) or config.intermediate_size
+        heads = getattr(config, "num_heads", None) or config.num_attention_heads
+        tokens = p.text_tokens if kind.role == "text_encoder" else (config.image_size // config.patch_size) ** 2 + 1
+        tokens = min(tokens, getattr(config, "max_position_embeddings", tokens))
+        heads_here = max(1, heads // req.mesh["tensor"])
+        acts = max(acts, req.batch * tokens * (2 * ffn + 4 * width) * item
+                   + 2 * req.batch * heads_here * tokens * tokens * 4)
+    return {"params": params, "total": sum(params.values()), "activations": acts}
+
+
 def plan(req: Request, hbm: str | None = None) -> dict[str, Any]:
     """Every number `jaxdiff plan` prints, per device, in bytes."""
     from ..sharding.mesh import param_bytes
@@ -488,11 +521,21 @@ def plan(req: Request, hbm: str | None = None) -> dict[str, Any]:
     sched = scheduler_bytes(req)
     vae = vae_decode_bytes(req)
     params = per_device * p.experts
-    resident = params + vae_total + req.text_encoder_bytes
-    denoise = resident + acts["peak"] + gather + sched
-    decode = resident + vae["peak"] + sched
+    enc = encoder_terms(req)
+    encoders = req.text_encoder_bytes or enc["total"]
     hbm_name, usable = hbm_bytes(hbm)
+    base = params + vae_total
+    peaks = lambda resident: (resident + acts["peak"] + gather + sched, resident + vae["peak"] + sched)
+    offload = req.offload_text_encoder
+    if offload is None:  # keep them only when everything fits with them resident
+        offload = usable is not None and max(peaks(base + encoders)) > usable
+    resident = base + (0 if offload else encoders)
+    denoise, decode = peaks(resident)
+    encode = encoders + enc["activations"] + (0 if offload else base)
     notes = _notes(req, acts["splits"])
+    notes.insert(0, "text encoders " + (
+        "offloaded: they encode first, then free their memory before the transformer runs" if offload
+        else "kept resident beside the transformer"))
     if decode > denoise:
         cache = vae["cache"]
         notes.insert(0, "the VAE decode is the peak" + (
@@ -506,11 +549,12 @@ def plan(req: Request, hbm: str | None = None) -> dict[str, Any]:
         "vae_dtype": req.vae_dtype, "attention": req.attention, "sequence_parallel": req.sequence_parallel,
         "image_tokens": tokens, "text_tokens": p.text_tokens,
         "transformer_params_total": total * p.experts, "transformer_params": params,
-        "vae_params": vae_total, "text_encoder": req.text_encoder_bytes,
+        "vae_params": vae_total, "text_encoder": encoders, "text_encoder_parts": enc["params"],
+        "text_encoder_offloaded": offload, "encode_activations": enc["activations"], "encode_peak": encode,
         "activations": acts["peak"], "activation_phase": acts["phase"], "activation_parts": acts["parts"],
         "fsdp_gather": gather, "scheduler": sched, "kv": acts["kv"], "splits": acts["splits"],
         "vae_decode": vae["peak"], "vae_decode_parts": vae["parts"],
-        "denoise_peak": denoise, "decode_peak": decode, "peak": max(denoise, decode),
+        "denoise_peak": denoise, "decode_peak": decode, "peak": max(encode, denoise, decode),
         "hbm": hbm_name, "usable": usable, "notes": notes,
     }
     if usable is not None:
@@ -543,8 +587,6 @@ def _notes(req: Request, sp: dict) -> list[str]:
                      "use --sequence-parallel ring")
     if p.experts > 1:
         notes.append(f"{p.experts} experts counted resident (swapping them to host would halve parameters)")
-    if not req.text_encoder_bytes:
-        notes.append("text encoders not modelled (run once before denoising; add --text-encoder-gib)")
     notes.append("activations, FSDP gather and VAE decode are estimates; parameters are exact")
     return notes
 

@@ -22,6 +22,9 @@ SEARCH_COLUMNS = {"params": "transformer_params", "acts": "activations", "gather
 # ----------------------------------------------------------------------------- output
 
 
+ENCODER_LABELS = {"clip_text": "CLIP-L", "t5": "T5-XXL", "umt5": "UMT5-XXL", "clip_vision": "CLIP ViT-H"}
+
+
 def _gib(n: int | float) -> str:
     return f"{n / GIB:8.2f}"
 
@@ -39,7 +42,13 @@ def format_plan(r: dict[str, Any]) -> str:
     experts = f" ({r['experts']} experts)" if r["experts"] > 1 else ""
     row(f"transformer parameters{experts} [exact]", r["transformer_params"])
     row("VAE parameters (replicated) [exact]", r["vae_params"])
-    row("text encoders" + ("" if r["text_encoder"] else " (not modelled)"), r["text_encoder"])
+    names = " + ".join(ENCODER_LABELS.get(k, k) for k in r["text_encoder_parts"])
+    row(f"encoders ({names}) [exact]", r["text_encoder"])
+    row("encoding activations [est.]", r["encode_activations"])
+    row("= encoding peak" + (" (encoders alone)" if r["text_encoder_offloaded"] else ""),
+        r["encode_peak"])
+    row("text encoders kept resident" if not r["text_encoder_offloaded"] else "text encoders (offloaded)",
+        0 if r["text_encoder_offloaded"] else r["text_encoder"])
     row(f"activations, peak in {r['activation_phase']} [est.]", r["activations"])
     for name, n in r["activation_parts"].items():
         if n >= 0.01 * GIB:
@@ -144,8 +153,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how a seq mesh axis splits attention (default: %(default)s)")
     parser.add_argument("--hbm", help="accelerator (v4, v5e, v5p, v6e, v7x, a100, h100, h200) or usable GiB")
     parser.add_argument("--text-encoder-gib", type=float, default=0.0,
-                        help="resident text-encoder GiB per device to add (not modelled; "
-                             "default: %(default)s)")
+                        help="text-encoder GiB per device to use instead of the counted released encoders "
+                             "(default: count them)")
+    parser.add_argument("--offload-text-encoder", action=argparse.BooleanOptionalAction, default=None,
+                        help="free the encoders before denoising (default: when they do not fit beside the "
+                             "transformer on --hbm)")
     parser.add_argument("--compile", action="store_true",
                         help="also compile a one-block copy here and print the compiler's memory figures")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -172,7 +184,8 @@ def request_from_args(args: argparse.Namespace, mesh: str | None = None) -> Requ
                    frames=frames, batch=args.batch, mesh=sizes, axes=axes,
                    dtype=args.dtype, vae_dtype=args.vae_dtype or args.dtype, attention=args.attention,
                    sequence_parallel=args.sequence_parallel,
-                   text_encoder_bytes=int(args.text_encoder_gib * GIB))
+                   text_encoder_bytes=int(args.text_encoder_gib * GIB),
+                   offload_text_encoder=args.offload_text_encoder)
 
 
 def run(args: argparse.Namespace) -> int:

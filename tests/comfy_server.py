@@ -541,7 +541,7 @@ def read_video(path: Path):
 # ----------------------------------------------------------------------------- tiny model files
 
 FLUX_TEXT_WIDTH = 32  # T5 context width of the tiny Flux (TinyConditioning width)
-FLUX_POOLED_WIDTH = 32  # CLIP pooled width (TinyConditioning pooled_width)
+FLUX_POOLED_WIDTH = 64  # CLIP-L pooled width (TinyConditioning pooled_width; text_fixtures.CLIP_WIDTH)
 WAN_TEXT_WIDTH = 32  # UMT5 width of the tiny Wan models
 WAN_LATENT_CHANNELS = {"t2v": 16, "i2v": 16, "ti2v": 48}  # Wan 2.1 VAE z 16; Wan 2.2 VAE z 48
 WAN_IN_CHANNELS = {"t2v": 16, "i2v": 36, "ti2v": 48}  # i2v: noise 16 + mask 4 + image latent 16
