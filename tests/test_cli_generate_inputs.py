@@ -52,7 +52,7 @@ def test_size_step_and_start_checks_run_before_the_model_is_built(capsys, tmp_pa
 
 def test_prompt_says_what_is_needed(capsys, tmp_path):
     line = _fails_before_any_model(capsys, "--prompt", "a cat", "--out", str(tmp_path / "x.png"))
-    assert "--prompt is not available yet" in line and "--prompt-embeds" in line
+    assert "--prompt needs text encoders" in line and "--text-encoder" in line
 
 
 def test_prompt_embeds_of_the_wrong_width_fail_before_the_model_is_built(capsys, tmp_path):

@@ -455,5 +455,6 @@ def test_pack_loads_without_jax_and_says_what_to_install(comfy, tmp_path):
     done = subprocess.run([sys.executable, str(script), str(comfy.root), str(repo / "tests"), str(repo)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "['JaxDiffusionModelLoader', 'JaxSampler', 'JaxVAELoader']" in done.stdout
+    assert ("['JaxCLIPLoader', 'JaxCLIPVisionLoader', 'JaxDiffusionModelLoader', 'JaxDualCLIPLoader', "
+            "'JaxSampler', 'JaxVAELoader']") in done.stdout
     assert "ERR ImportError jaxdiff needs JAX" in done.stdout and "pip install" in done.stdout, done.stdout
