@@ -121,8 +121,9 @@ def check_output(out, *, overwrite: bool = False) -> Path:
 
 def write_converted(out, *, family: str, config: dict, dtype, units, overwrite: bool = False,
                     source: str = "", num_tensors: int | None = None,
-                    progress: Callable[[int], None] | None = None) -> Path:
-    """Write `units` (`(unit_path, [(param_path, array), …])`, e.g. `Plan.units()`) to `out`.
+                    progress: Callable[[int], None] | None = None, extra_files: dict | None = None) -> Path:
+    """Write `units` (`(unit_path, [(param_path, array), …])`, e.g. `Plan.units()`) to `out`, and
+    `extra_files` (`{name: bytes}`: a text encoder's tokenizer files) beside them.
 
     Raises FileExistsError when `out` exists and not `overwrite`, or when it is anything but an empty
     directory or a converted jaxdiff checkpoint (see `check_output`).
@@ -144,6 +145,8 @@ def write_converted(out, *, family: str, config: dict, dtype, units, overwrite: 
                 del tree, arrays
         finally:
             checkpointer.close()
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         _write_json(tmp / META_NAME, {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "family": family,
             "class_name": families.get_model(family).class_name, "config": config,

@@ -321,4 +321,24 @@ def write_plan(plan: Plan, out, *, overwrite: bool = False,
 
     return write_converted(out, family=plan.family, config=plan.config_dict(), dtype=plan.dtype,
                            units=plan.units(), overwrite=overwrite, source=str(plan.source.path),
-                           num_tensors=plan.num_tensors, progress=progress)
+                           num_tensors=plan.num_tensors, progress=progress,
+                           extra_files=tokenizer_files(plan.source))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "spiece.model")
+SPIECE_TENSOR = "spiece_model"  # ComfyUI's UMT5 files carry their sentencepiece model as uint8
+
+
+def tokenizer_files(source: Source) -> dict[str, bytes]:
+    """A text encoder's tokenizer to keep beside its converted weights: the `spiece_model` tensor of a
+    single file (as spiece.model), or the tokenizer files of a transformers directory."""
+    if source.kind == "single_file":
+        from safetensors import safe_open
+
+        with safe_open(str(source.path), "numpy") as f:
+            if SPIECE_TENSOR in f.keys():
+                return {"spiece.model": f.get_tensor(SPIECE_TENSOR).tobytes()}
+        return {}
+    return {name: (source.path / name).read_bytes() for name in TOKENIZER_FILES
+            if (source.path / name).is_file()}

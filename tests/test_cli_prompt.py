@@ -202,3 +202,34 @@ def test_prompt_flags_without_prompt_are_refused(capsys, tmp_path):
     assert "--text-encoder needs --prompt" in err
     err = _error(capsys, ["generate", "--prompt", "a cat", "--prompt-embeds", "e.npz"])
     assert "not both" in err
+
+
+def test_a_converted_umt5_keeps_its_tokenizer_and_encodes_the_same(files, tmp_path):
+    from jaxdiff.convert import convert
+
+    out = convert(files["umt5"], tmp_path / "umt5_converted")
+    assert (out / "spiece.model").is_file()
+    a = text.load_text_encoder(files["umt5"])([PROMPT], 512)
+    b = text.load_text_encoder(out)([PROMPT], 512)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_pipeline_dir_brings_its_own_text_encoders_and_tokenizers(files, tmp_path):
+    import json
+    import shutil
+
+    from text_fixtures import write_transformers_dir
+    from jaxdiff.convert import convert
+
+    root = tmp_path / "FLUX.1-tiny"
+    convert(files["flux"], root / "transformer")
+    convert(files["ae"], root / "vae")
+    write_transformers_dir(tiny_clip_text(seed=0), root / "text_encoder")
+    write_transformers_dir(tiny_t5(seed=0), root / "text_encoder_2")
+    shutil.copytree(clip_tokenizer_dir(), root / "tokenizer")
+    shutil.copytree(t5_tokenizer_dir(), root / "tokenizer_2")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    out = tmp_path / "p.png"
+    assert cli.main(["generate", "--model", str(root), "--prompt", PROMPT, "--height", "64", "--width", "64",
+                     "--steps", "2", "--out", str(out), "--embedding-cache", "off"]) == 0
+    assert out.is_file()
