@@ -87,8 +87,8 @@ class JaxTokenEncoder(comfy.sd1_clip.ClipTokenWeightEncoder):
             z = z * mask[:, :length, None]
         pooled = out.get("pooler_output")
         device = comfy.model_management.intermediate_device()
-        return (torch.from_numpy(np.ascontiguousarray(z)).to(device),
-                None if pooled is None else torch.from_numpy(pooled).to(device))
+        return (torch.from_numpy(np.array(z, np.float32)).to(device),
+                None if pooled is None else torch.from_numpy(np.array(pooled, np.float32)).to(device))
 
 
 class JaxTextEncoders(torch.nn.Module):
@@ -104,7 +104,7 @@ class JaxTextEncoders(torch.nn.Module):
 
     def set_clip_options(self, options):
         layer = options.get("layer")
-        if layer is not None and self.family != "flux":  # Flux reads only CLIP's pooled output (no effect)
+        if layer is not None:  # core would take a hidden layer of every encoder (T5's too for Flux)
             raise ValueError("'CLIP Set Last Layer' is not supported by the JAX text encoders; remove it")
 
     def reset_clip_options(self):
@@ -172,7 +172,7 @@ class JaxClipVision(comfy.clip_vision.ClipVisionModel):
         device = comfy.model_management.intermediate_device()
         outputs = comfy.clip_vision.Output()
         for key in ("last_hidden_state", "image_embeds", "penultimate_hidden_states"):
-            outputs[key] = torch.from_numpy(out[key]).to(device)
+            outputs[key] = torch.from_numpy(np.array(out[key], np.float32)).to(device)
         outputs["mm_projected"] = None
         return outputs
 

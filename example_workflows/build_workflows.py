@@ -25,6 +25,9 @@ NODE_TYPES = {
     # ours (jaxdiff)
     "JaxDiffusionModelLoader": ([], [("MODEL", "MODEL")], ["unet_name", "weight_dtype", "mesh", "attention"]),
     "JaxVAELoader": ([], [("VAE", "VAE")], ["vae_name"]),
+    "JaxCLIPLoader": ([], [("CLIP", "CLIP")], ["clip_name", "type", "weight_dtype", "mesh"]),
+    "JaxDualCLIPLoader": ([], [("CLIP", "CLIP")], ["clip_name1", "clip_name2", "type", "weight_dtype", "mesh"]),
+    "JaxCLIPVisionLoader": ([], [("CLIP_VISION", "CLIP_VISION")], ["clip_name"]),
     "JaxSampler": (
         [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT"),
          ("model_2", "MODEL")],
@@ -71,7 +74,8 @@ FRONTEND_ONLY = {"MarkdownNote", "Note"}
 # display names (the frontend's default node titles, which it writes to the API format's _meta.title)
 DISPLAY = {
     "JaxDiffusionModelLoader": "Load Diffusion Model (JAX)", "JaxVAELoader": "Load VAE (JAX)",
-    "JaxSampler": "JAX Sampler", "DualCLIPLoader": "DualCLIPLoader", "CLIPLoader": "Load CLIP",
+    "JaxSampler": "JAX Sampler", "JaxCLIPLoader": "Load CLIP (JAX)", "JaxDualCLIPLoader": "DualCLIPLoader (JAX)",
+    "JaxCLIPVisionLoader": "Load CLIP Vision (JAX)", "DualCLIPLoader": "DualCLIPLoader", "CLIPLoader": "Load CLIP",
     "CLIPTextEncode": "CLIP Text Encode (Prompt)", "KSampler": "KSampler", "KSamplerAdvanced": "KSampler (Advanced)",
     "VAEDecode": "VAE Decode", "SaveImage": "Save Image", "CLIPVisionLoader": "Load CLIP Vision",
     "CLIPVisionEncode": "CLIP Vision Encode", "LoadImage": "Load Image",
@@ -223,12 +227,18 @@ def note(g, pos, size, text):
 C1, C2, C3, C4, C5 = 20, 380, 820, 1160, 1500
 
 
-def flux_common(g, sampler):
-    """Flux.1 [dev] text-to-image; `sampler` is "KSampler" or "JaxSampler"."""
+def flux_common(g, sampler, jax_text=False):
+    """Flux.1 [dev] text-to-image; `sampler` is "KSampler" or "JaxSampler"; `jax_text`: the text encoders
+    in JAX too (JaxDualCLIPLoader instead of core DualCLIPLoader)."""
     model = g.add("JaxDiffusionModelLoader", (C1, 60), (320, 130), colors=BLUE,
                   unet_name="flux1-dev.safetensors", weight_dtype="default", mesh="", attention="auto")
-    clip = g.add("DualCLIPLoader", (C1, 240), (320, 130),
-                 clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux", device="default")
+    if jax_text:
+        clip = g.add("JaxDualCLIPLoader", (C1, 240), (320, 160), colors=BLUE, clip_name1="clip_l.safetensors",
+                     clip_name2="t5xxl_fp16.safetensors", type="flux", weight_dtype="default", mesh="")
+    else:
+        clip = g.add("DualCLIPLoader", (C1, 240), (320, 130),
+                     clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux",
+                     device="default")
     pos = g.add("CLIPTextEncode", (C2, 60), (400, 170), title="Positive prompt", colors=GREEN,
                 text=FLUX_PROMPT, clip=clip.out())
     neg = g.add("ConditioningZeroOut", (C2, 280), (300, 30), title="Negative (zeroed; unused at cfg 1)",
@@ -250,7 +260,7 @@ def flux_common(g, sampler):
     vae = g.add("JaxVAELoader", (C3, vae_y), (300, 60), colors=BLUE, vae_name="ae.safetensors")
     image = g.add("VAEDecode", (C4, 60), (210, 46), samples=samples.out(), vae=vae.out())
     g.add("SaveImage", (C4, 160), (380, 400), images=image.out(), filename_prefix="jaxdiff/flux_dev")
-    note(g, (C1, 420), (320, 190),
+    note(g, (C1, 450 if jax_text else 420), (320, 190),
          "**Flux.1 [dev] with jaxdiff**\n\n"
          "- `models/diffusion_models/flux1-dev.safetensors`\n"
          "- `models/text_encoders/clip_l.safetensors`, `t5xxl_fp16.safetensors`\n"
@@ -274,7 +284,10 @@ def wan_text(g, clip, positive, x=C2):
     return pos, neg
 
 
-def wan_clip(g, y):
+def wan_clip(g, y, jax_text=False):
+    if jax_text:
+        return g.add("JaxCLIPLoader", (C1, y), (320, 130), colors=BLUE,
+                     clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan", weight_dtype="default", mesh="")
     return g.add("CLIPLoader", (C1, y), (320, 110),
                  clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan", device="default")
 
@@ -289,11 +302,11 @@ def wan_save(g, samples, vae, prefix, x=C4):
           fps=16.0, crf=32.0)
 
 
-def wan21_t2v():
-    g = Graph("wan21_t2v")
+def wan21_t2v(jax_text=False):
+    g = Graph("wan21_t2v_all_jax" if jax_text else "wan21_t2v")
     model = g.add("JaxDiffusionModelLoader", (C1, 60), (320, 130), colors=BLUE,
                   unet_name="wan2.1_t2v_1.3B_fp16.safetensors", weight_dtype="default", mesh="", attention="auto")
-    clip = wan_clip(g, 240)
+    clip = wan_clip(g, 240, jax_text)
     pos, neg = wan_text(g, clip, "a corgi running along a sunny beach, waves rolling in, "
                                  "cinematic tracking shot, golden hour")
     latent = g.add("EmptyHunyuanLatentVideo", (C2, 500), (320, 130), colors=PURPLE,
@@ -312,12 +325,15 @@ def wan21_t2v():
     return g
 
 
-def wan21_i2v():
-    g = Graph("wan21_i2v")
+def wan21_i2v(jax_text=False):
+    g = Graph("wan21_i2v_all_jax" if jax_text else "wan21_i2v")
     model = g.add("JaxDiffusionModelLoader", (C1, 60), (320, 130), colors=BLUE,
                   unet_name="wan2.1_i2v_480p_14B_fp16.safetensors", weight_dtype="default", mesh="", attention="auto")
-    clip = wan_clip(g, 240)
-    vision = g.add("CLIPVisionLoader", (C1, 400), (320, 60), clip_name="clip_vision_h.safetensors")
+    clip = wan_clip(g, 240, jax_text)
+    if jax_text:
+        vision = g.add("JaxCLIPVisionLoader", (C1, 400), (320, 60), colors=BLUE, clip_name="clip_vision_h.safetensors")
+    else:
+        vision = g.add("CLIPVisionLoader", (C1, 400), (320, 60), clip_name="clip_vision_h.safetensors")
     image = g.add("LoadImage", (C1, 510), (320, 330), title="Start image", image="example.png")
     pos, neg = wan_text(g, clip, "the scene comes to life, gentle camera push-in, leaves swaying in the wind")
     encoded = g.add("CLIPVisionEncode", (C2, 500), (300, 80), clip_vision=vision.out(), image=image.out(), crop="none")
@@ -378,8 +394,11 @@ def all_graphs():
     return [
         flux_common(Graph("flux_dev_t2i"), "KSampler"),
         flux_common(Graph("flux_dev_t2i_jax_sampler"), "JaxSampler"),
+        flux_common(Graph("flux_dev_t2i_all_jax"), "KSampler", jax_text=True),
         wan21_t2v(),
+        wan21_t2v(jax_text=True),
         wan21_i2v(),
+        wan21_i2v(jax_text=True),
         wan22_a14b_t2v(),
     ]
 

@@ -58,6 +58,27 @@ JAXDIFF_SPEC = {
         "input_order": {"required": ["vae_name"]},
         "output": ["VAE"],
     },
+    "JaxCLIPLoader": {
+        "input": {"required": {
+            "clip_name": [_FILES], "type": [["wan"]], "weight_dtype": [["default", "bf16", "fp32"]],
+            "mesh": ["STRING", {"default": ""}],
+        }},
+        "input_order": {"required": ["clip_name", "type", "weight_dtype", "mesh"]},
+        "output": ["CLIP"],
+    },
+    "JaxDualCLIPLoader": {
+        "input": {"required": {
+            "clip_name1": [_FILES], "clip_name2": [_FILES], "type": [["flux"]],
+            "weight_dtype": [["default", "bf16", "fp32"]], "mesh": ["STRING", {"default": ""}],
+        }},
+        "input_order": {"required": ["clip_name1", "clip_name2", "type", "weight_dtype", "mesh"]},
+        "output": ["CLIP"],
+    },
+    "JaxCLIPVisionLoader": {
+        "input": {"required": {"clip_name": [_FILES]}},
+        "input_order": {"required": ["clip_name"]},
+        "output": ["CLIP_VISION"],
+    },
     "JaxSampler": {
         "input": {
             "required": {
@@ -388,6 +409,10 @@ def server_validate(rep, base, prompt, object_info, missing_file_nodes):
         for err in entry.get("errors", []):
             info = err.get("extra_info", {})
             if err.get("type") == "value_not_in_list" and looks_like_file(info.get("received_value")):
+                continue
+            # LoadImage checks its file itself (VALIDATE_INPUTS): "Invalid image file: example.png"
+            if (err.get("type") == "custom_validation_failed" and "invalid image file" in
+                    f"{err.get('message')} {err.get('details', '')}".lower()):
                 continue
             rep.error(f"/prompt: node {node_id} ({entry.get('class_type')}): {err.get('type')}: "
                       f"{err.get('message')} {err.get('details', '')}".rstrip())

@@ -1,9 +1,10 @@
 """The node pack in a real ComfyUI server: API-format workflows through /prompt, /ws and /history.
 
 One server per module (tests/comfy_server.py) with tiny Flux / Wan models and VAEs written in ComfyUI's
-single-file layouts into its models/ folders. Text encoders are replaced by the test-only pack
+single-file layouts into its models/ folders. Core text encoders are replaced by the test-only pack
 (tests/comfy_test_nodes: TinyConditioning, TinyClipVisionOutput, TinyImage, TinyLatent), because core
-ComfyUI hard-codes XXL T5/UMT5 sizes. Run: `pytest -m comfy_e2e tests/test_comfy_e2e.py`
+ComfyUI hard-codes XXL T5/UMT5 sizes; ours (JaxDualCLIPLoader, JaxCLIPLoader, JaxCLIPVisionLoader) run
+on tiny encoder files (tests/text_fixtures.py) in models/text_encoders and models/clip_vision. Run: `pytest -m comfy_e2e tests/test_comfy_e2e.py`
 (ComfyUI is set up in $JAXDIFF_COMFYUI or /tmp/jaxdiff-comfyui on first use).
 """
 
@@ -27,10 +28,14 @@ from comfy_server import (CLIP_VISION_WIDTH, FLUX_POOLED_WIDTH, FLUX_TEXT_WIDTH,
 
 pytestmark = pytest.mark.comfy_e2e
 
-OUR_NODES = ("JaxDiffusionModelLoader", "JaxVAELoader", "JaxSampler")
+OUR_NODES = ("JaxDiffusionModelLoader", "JaxVAELoader", "JaxSampler", "JaxCLIPLoader", "JaxDualCLIPLoader",
+             "JaxCLIPVisionLoader")
 NODE_INPUTS = {
     "JaxDiffusionModelLoader": ("unet_name", "weight_dtype", "mesh", "attention"),
     "JaxVAELoader": ("vae_name",),
+    "JaxCLIPLoader": ("clip_name", "type", "weight_dtype", "mesh"),
+    "JaxDualCLIPLoader": ("clip_name1", "clip_name2", "type", "weight_dtype", "mesh"),
+    "JaxCLIPVisionLoader": ("clip_name",),
     "JaxSampler": ("model", "positive", "negative", "latent_image", "seed", "steps", "cfg", "guidance",
                    "shift", "sampler_name", "denoise"),
 }
@@ -47,6 +52,10 @@ JUNK = P + "junk.safetensors"
 FLUX_VAE = P + "flux_ae.safetensors"
 WAN_VAE = P + "wan21_vae.safetensors"
 WAN22_VAE = P + "wan22_vae.safetensors"
+CLIP_L = P + "clip_l.safetensors"  # tiny text / image encoders (tests/text_fixtures.py), widths fitting the
+T5XXL = P + "t5xxl.safetensors"  # tiny Flux (T5 32, CLIP-L pooled 64) and Wan (UMT5 32, CLIP vision 1280)
+UMT5 = P + "umt5_xxl.safetensors"
+CLIP_VISION = P + "clip_vision_h.safetensors"
 FLUX_JAX = P + "flux_converted"  # `jaxdiff convert` outputs in models/jax_checkpoints
 FLUX_VAE_JAX = P + "flux_ae_converted"
 IMAGE_SIDE = 32  # px; latents 4×4 (Flux / Wan 2.1, 8× VAEs) or 2×2 (Wan 2.2, 16×)
@@ -65,6 +74,13 @@ def write_models(models: Path) -> None:
     write_tiny_flux_vae(vae / FLUX_VAE)
     write_tiny_wan_vae(vae / WAN_VAE)
     write_tiny_wan22_vae(vae / WAN22_VAE)
+    import text_fixtures as tf
+
+    te = models / "text_encoders"
+    tf.write_clip_l(te / CLIP_L)
+    tf.write_t5xxl(te / T5XXL)
+    tf.write_umt5(te / UMT5)
+    tf.write_clip_vision_h(models / "clip_vision" / CLIP_VISION)
     from jaxdiff.convert import convert
 
     convert(dm / FLUX, models / "jax_checkpoints" / FLUX_JAX, overwrite=True)
@@ -337,6 +353,11 @@ def test_object_info_lists_our_nodes(comfy, core_info):
     assert {FLUX_VAE, WAN_VAE, WAN22_VAE} <= set(vae_names)
     samplers = combo_options(core_info["JaxSampler"]["input"]["required"]["sampler_name"])
     assert {"euler", "unipc"} <= set(samplers)
+    for name, node in (("clip_name1", "JaxDualCLIPLoader"), ("clip_name", "JaxCLIPLoader")):
+        assert {CLIP_L, T5XXL, UMT5} <= set(combo_options(core_info[node]["input"]["required"][name])), node
+    assert CLIP_VISION in combo_options(core_info["JaxCLIPVisionLoader"]["input"]["required"]["clip_name"])
+    assert [core_info[n]["output"] for n in ("JaxCLIPLoader", "JaxDualCLIPLoader", "JaxCLIPVisionLoader")] == [
+        ["CLIP"], ["CLIP"], ["CLIP_VISION"]]
 
 
 # ----------------------------------------------------------------------------- workflows
@@ -414,6 +435,11 @@ def test_wan22_ti2v_core_latent(comfy, core_info):
 
 EXAMPLES = sorted((REPO / "example_workflows").glob("*_api.json"))
 TEXT_ENCODER_LOADERS = {"DualCLIPLoader", "CLIPLoader", "TripleCLIPLoader", "CLIPVisionLoader"}
+JAX_ENCODER_LOADERS = {  # ours: kept, their files → the tiny encoders
+    "JaxDualCLIPLoader": dict(clip_name1=CLIP_L, clip_name2=T5XXL),
+    "JaxCLIPLoader": dict(clip_name=UMT5),
+    "JaxCLIPVisionLoader": dict(clip_name=CLIP_VISION),
+}
 
 
 def example_family(name: str, workflow: dict) -> str:
@@ -429,19 +455,29 @@ def example_family(name: str, workflow: dict) -> str:
 
 
 def scale_example(workflow: dict, family: str) -> dict:
-    """An example workflow made tiny: text / CLIP-vision encoders → Tiny* nodes, model and VAE names →
-    the tiny files, sizes → 32 px × 5 frames, steps → 2 (KSamplerAdvanced: 4, switching at the same
+    """An example workflow made tiny: core text / CLIP-vision encoders → Tiny* nodes (ours, the Jax*CLIP*
+    loaders, are kept and their encode nodes too, on the tiny encoder files), model and VAE names → the tiny files, sizes → 32 px × 5 frames, steps → 2 (KSamplerAdvanced: 4, switching at the same
     fraction), LoadImage → TinyImage, filename prefixes made unique."""
     wf = copy.deepcopy(workflow)
     width = FLUX_TEXT_WIDTH if family == "flux" else WAN_TEXT_WIDTH
     unets = {"flux": [FLUX], "t2v": [WAN_T2V, WAN_T2V_LOW], "i2v": [WAN_I2V], "ti2v": [WAN_TI2V]}[family]
     vae = {"flux": FLUX_VAE, "ti2v": WAN22_VAE}.get(family, WAN_VAE)
     removed, loaders = set(), 0
+    jax_encoders = {k for k, v in wf.items() if v["class_type"] in JAX_ENCODER_LOADERS}
+
+    def on_jax_encoder(inputs, key):
+        return isinstance(inputs.get(key), list) and inputs[key][0] in jax_encoders
+
     for node_id, node in sorted(wf.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
         ct, inputs = node["class_type"], node.setdefault("inputs", {})
         seed = zlib.crc32(node_id.encode()) % 1000
         if ct in TEXT_ENCODER_LOADERS:
             removed.add(node_id)
+        elif ct in JAX_ENCODER_LOADERS:
+            inputs.update(JAX_ENCODER_LOADERS[ct])
+        elif ct in ("CLIPTextEncode", "CLIPTextEncodeFlux", "CLIPTextEncodeSD3", "CLIPVisionEncode") and (
+                on_jax_encoder(inputs, "clip") or on_jax_encoder(inputs, "clip_vision")):
+            pass  # runs as is on our tiny encoders
         elif ct in ("CLIPTextEncode", "CLIPTextEncodeFlux", "CLIPTextEncodeSD3"):
             g = float(inputs.get("guidance", -1.0)) if ct == "CLIPTextEncodeFlux" else -1.0
             wf[node_id] = {"class_type": "TinyConditioning", "inputs": dict(
@@ -511,6 +547,21 @@ def test_scale_example_workflow():
     assert scaled["7"]["inputs"]["filename_prefix"].startswith("e2e_example_")
 
 
+@pytest.mark.parametrize("name", ["flux_dev_t2i_all_jax", "wan21_t2v_all_jax", "wan21_i2v_all_jax"])
+def test_all_jax_examples_keep_their_encoders_when_scaled(name):
+    """The whole-JAX examples run as they are, their encoder loaders pointed at the tiny encoder files
+    (no Tiny* stand-ins; no server needed)."""
+    workflow = json.loads((REPO / "example_workflows" / f"{name}_api.json").read_text())
+    scaled = scale_example(workflow, example_family(name, workflow))
+    types = {n["class_type"] for n in scaled.values()}
+    assert not types & {"TinyConditioning", "TinyClipVisionOutput"} and "CLIPTextEncode" in types
+    assert types & set(JAX_ENCODER_LOADERS) and not types & TEXT_ENCODER_LOADERS
+    names = {v for n in scaled.values() for k, v in n["inputs"].items() if k.startswith("clip_name")}
+    assert names <= {CLIP_L, T5XXL, UMT5, CLIP_VISION} and names
+    if "i2v" in name:
+        assert {"CLIPVisionEncode", "JaxCLIPVisionLoader", "WanImageToVideo"} <= types
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_workflow_scaled(comfy, path):
     workflow = json.loads(path.read_text())
@@ -521,6 +572,18 @@ def test_example_workflow_scaled(comfy, path):
 
 
 # ----------------------------------------------------------------------------- bad inputs
+
+
+def test_text_encoder_of_the_wrong_family_is_an_error(comfy):
+    """CLIP-L given to JaxCLIPLoader (type wan): a one-line error naming the file (in a Wan T2V graph)."""
+    wf = wan_t2v({}, seed=11)
+    enc = [k for k, v in wf.items() if v["class_type"] == "TinyConditioning"][0]
+    wf["90"] = {"class_type": "JaxCLIPLoader", "inputs": dict(clip_name=CLIP_L, type="wan", weight_dtype="default",
+                                                                mesh="")}
+    wf[enc] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["90", 0], "text": "a cat"}}
+    result = comfy.run(wf, timeout=RUN_TIMEOUT)
+    msg = assert_error(result, node_type="JaxCLIPLoader", all_of=(CLIP_L, "wan"))
+    assert "\n" not in msg.strip()
 
 
 def test_not_flux_or_wan_file_is_an_error(comfy):

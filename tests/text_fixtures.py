@@ -127,8 +127,11 @@ def _comfy_state(model) -> dict:
 
 
 def write_clip_l(path, seed: int = 0) -> Path:
-    """ComfyUI's `clip_l.safetensors` layout (`text_model.…`)."""
-    return _save(_comfy_state(tiny_clip_text(seed)), Path(path))
+    """ComfyUI's `clip_l.safetensors` layout (`text_model.…`; transformers 5 saves a bare CLIPTextModel
+    without that prefix, so it is added here)."""
+    state = {k if k.startswith("text_model.") else "text_model." + k: v
+             for k, v in _comfy_state(tiny_clip_text(seed)).items()}
+    return _save(state, Path(path))
 
 
 def write_t5xxl(path, seed: int = 0) -> Path:
