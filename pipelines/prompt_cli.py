@@ -89,7 +89,6 @@ def encode_for_cli(args, family: families.Family, shapes_only, mesh) -> dict:
     if getattr(args, "image_encoder", None) and not needs_image:
         raise ValueError("--image-encoder applies only to a Wan 2.1 I2V transformer (one with image_dim) "
                          "and --image")
-    image_encoder = None
     if image_path:
         from .text import load_image_encoder
         from ..convert.loader import load_model
@@ -103,7 +102,7 @@ def encode_for_cli(args, family: families.Family, shapes_only, mesh) -> dict:
                              f"transformer (image_dim {config.image_dim})")
     offload = _offload(args, sum(e.nbytes for e in encoders), shapes_only)
     for encoder in encoders:
-        encoder._offload = offload
+        encoder.offload = offload
     scale = args.guidance if args.guidance is not None else (
         shapes_only.defaults()["guidance"] if shapes_only is not None else 5.0)
     guidance = scale > 1.0  # Wan: the negative prompt is encoded only for classifier-free guidance

@@ -244,7 +244,7 @@ class LazyTextEncoder:
         self.nbytes = param_bytes(abstract)
         self._load = lambda: TextEncoder(load_model(path, dtype=dtype, mesh=mesh), self._tokenizer, path=path)
         self._identity = f"{file_identity(path)}|{dtype}|{mesh is not None}"
-        self._cache, self._offload, self._encoder = cache, offload, None
+        self._cache, self.offload, self._encoder = cache, offload, None
         self.encoded = 0  # prompts that went through the encoder (the rest came from the cache)
 
     def __call__(self, prompts: str | Sequence[str], max_length: int | None = None) -> np.ndarray:
@@ -261,7 +261,7 @@ class LazyTextEncoder:
                 if self._cache:
                     self._cache.put(keys[i], row)
             self.encoded += len(todo)
-            if self._offload:
+            if self.offload:
                 self.release()
         return np.stack(rows)
 

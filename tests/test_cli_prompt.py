@@ -233,3 +233,18 @@ def test_a_pipeline_dir_brings_its_own_text_encoders_and_tokenizers(files, tmp_p
     assert cli.main(["generate", "--model", str(root), "--prompt", PROMPT, "--height", "64", "--width", "64",
                      "--steps", "2", "--out", str(out), "--embedding-cache", "off"]) == 0
     assert out.is_file()
+
+
+def test_an_offloaded_encoder_deletes_its_device_arrays_right_after_encoding(files):
+    import jax
+    from flax import nnx
+
+    encoder = text.LazyTextEncoder(files["umt5"], offload=True)
+    loaded = []
+    real_load = encoder._load
+    encoder._load = lambda: loaded.append(real_load()) or loaded[-1]
+    first = encoder([PROMPT], 512)
+    assert encoder.encoded == 1 and encoder._encoder is None
+    leaves = jax.tree.leaves(nnx.state(loaded[0].model))
+    assert leaves and all(leaf.is_deleted() for leaf in leaves)
+    np.testing.assert_array_equal(encoder([PROMPT], 512), first)  # loads again when needed
