@@ -1,5 +1,5 @@
 """Tiny CLIP text / vision towers for the CLIP tests: transformers' own modules and ComfyUI's
-(`comfy/clip_model.py`, from the snapshot `comfy_fixtures.comfyui_root` finds), randomized, plus
+(`comfy/clip_model.py`, from the ComfyUI tree `comfy_server.ensure_comfyui` sets up), randomized, plus
 helpers to save them in the layouts users have on disk. torch/transformers/comfy import lazily.
 """
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from comfy_fixtures import comfyui_root
 
 # transformers configs (CLIPTextConfig / CLIPVisionConfig kwargs); the EOS id 7 is deliberately not the
 # largest id of the vocabulary, so the first-EOS pooling rule and argmax(ids) disagree
@@ -70,10 +69,16 @@ def hf_vision(seed: int = 0, projection: bool = True, **changes):
 
 
 def import_comfy(tmp_dir: Path):
-    """ComfyUI's `comfy.clip_model` and `comfy.clip_vision` (CPU mode set before model_management)."""
+    """ComfyUI's `comfy.clip_model` and `comfy.clip_vision` (CPU mode set before model_management).
+
+    `comfy.clip_vision` imports ComfyUI's model patcher and with it every model class (torchvision
+    among their requirements), so this takes the ComfyUI tree `comfy_server.ensure_comfyui` sets up,
+    requirements installed, not the bare snapshot."""
     import sys
 
-    root = comfyui_root(tmp_dir)
+    from comfy_server import ensure_comfyui
+
+    root = ensure_comfyui()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     import comfy.cli_args
