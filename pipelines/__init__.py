@@ -13,6 +13,9 @@
 - `export`: `jax.export` of a fixed-shape Flux denoise step (`export_denoise_step`, `load_exported_step`).
 - `tokenizer`: text-encoder tokenizers from the files beside the weights (`load_tokenizer`, `Tokenizer`,
   `check_vocab`) and Wan's `wan_prompt_clean`; tokenizers / sentencepiece only.
+- `text`: prompts → conditioning through our text encoders (`load_text_encoder`, `LazyTextEncoder`,
+  `load_image_encoder`, `encode_prompts`, the embedding cache); `prompt_cli`: what `generate --prompt`
+  runs before denoising.
 - `image_io` / `video_io`: writing 0..1 float images as PNG, frames as MP4 / animated WebP.
 
 Names are imported lazily so that `jaxdiff --help` does not import jax.
@@ -34,6 +37,9 @@ _LAZY = {
     "save_videos": ".video_io",
     "read_video": ".video_io",
     "load_pipeline": ".loading",
+    "load_text_encoder": ".text",
+    "load_image_encoder": ".text",
+    "encode_prompts": ".text",
     "build_random": ".loading",
     "embedded_pipeline": ".loading",
     "enable_compile_cache": ".compile_cache",
