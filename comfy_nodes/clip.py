@@ -208,21 +208,19 @@ def tokenizer_for(family: str, spiece_model=None):
         return FluxTokenizer(embedding_directory=None)
     from comfy.text_encoders.wan import WanT5Tokenizer
 
-    if spiece_model is None:
-        raise ValueError("the UMT5 encoder has no tokenizer: its file holds no `spiece_model` tensor and no "
-                         "spiece.model is beside it")
     return WanT5Tokenizer(embedding_directory=None, tokenizer_data={"spiece_model": spiece_model})
 
 
 def spiece_model_of(path: str):
-    """The UMT5 sentencepiece model for `path`: its `spiece_model` tensor, or a spiece.model beside or
-    inside it (converted checkpoints, transformers dirs); None if none."""
-    if os.path.isfile(path) and path.endswith(".safetensors"):
-        from safetensors import safe_open
+    """The UMT5 sentencepiece model for `path` (what ComfyUI's tokenizer takes): the proto bytes of its
+    `spiece_model` tensor, or the path of a spiece.model beside or inside it (converted checkpoints,
+    transformers dirs); None if none."""
+    from ..pipelines.text import find_tokenizer
+    from ..pipelines.tokenizer import SPIECE_MODEL, read_spiece_tensor
 
-        with safe_open(path, "pt") as f:
-            if "spiece_model" in f.keys():
-                return f.get_tensor("spiece_model")
+    found = find_tokenizer(path) if os.path.isfile(path) else None
+    if found is not None:
+        return read_spiece_tensor(found)
     directory = path if os.path.isdir(path) else os.path.dirname(path)
-    candidate = os.path.join(directory, "spiece.model")
+    candidate = os.path.join(directory, SPIECE_MODEL)
     return candidate if os.path.isfile(candidate) else None

@@ -103,10 +103,6 @@ def load_vae(path: str):
 
 # ----------------------------------------------------------------------------- encoders
 
-TEXT_ENCODERS = {"flux": ("clip_text", "t5"), "wan": ("umt5",)}
-ENCODER_NAMES = {"clip_text": "CLIP-L", "t5": "T5-XXL", "umt5": "UMT5-XXL", "clip_vision": "CLIP vision"}
-
-
 def _kind_at(path: str):
     from ..convert.loader import detect_kind
 
@@ -116,25 +112,16 @@ def _kind_at(path: str):
 def load_clip(paths: list[str], family: str, dtype: str | None, mesh_spec: str):
     """CLIP (`clip.JaxCLIP`) for the family's text encoder files (Flux: CLIP-L and T5-XXL in either
     order; Wan: UMT5-XXL); the kinds are checked from headers before anything loads."""
-    from ..pipelines.text import TextEncoder
+    from ..pipelines.text import Found, TextEncoder, assign_encoders
     from . import clip
 
-    wanted = TEXT_ENCODERS[family]
-    takes = " and ".join(ENCODER_NAMES[k] for k in wanted)
-    kinds = {}
-    for path in paths:
-        kind = _kind_at(path)
-        name = os.path.basename(path)
-        if kind.name not in wanted:
-            what = f"a {ENCODER_NAMES[kind.name]} encoder" if kind.name in ENCODER_NAMES else f"a {kind.name} {kind.role}"
-            raise ValueError(f"{name} holds {what}; type '{family}' takes {takes}")
-        if kind.name in kinds:
-            raise ValueError(f"{name} and {os.path.basename(kinds[kind.name])} are both {ENCODER_NAMES[kind.name]}; "
-                             f"type '{family}' takes {takes}")
-        kinds[kind.name] = path
-    missing = [ENCODER_NAMES[k] for k in wanted if k not in kinds]
-    if missing:
-        raise ValueError(f"type '{family}' takes {takes}; missing {', '.join(missing)}")
+    found = [Found(_kind_at(path).name, os.path.basename(path)) for path in paths]
+    by_kind = assign_encoders(families.get_family(family), found, label=f"type '{family}'")
+    kinds = {kind: paths[found.index(f)] for kind, f in by_kind.items()}
+    spiece = clip.spiece_model_of(kinds["umt5"]) if "umt5" in kinds else None
+    if "umt5" in kinds and spiece is None:  # before any weights load
+        raise ValueError(f"{os.path.basename(kinds['umt5'])}: no tokenizer — the file holds no `spiece_model` "
+                         "tensor (ComfyUI's umt5_xxl files do) and no spiece.model is beside it")
     mesh = mesh_for(mesh_spec)
     _compile_cache()
     encoders = {}
@@ -147,10 +134,6 @@ def load_clip(paths: list[str], family: str, dtype: str | None, mesh_spec: str):
         entry.get()
         key, encoder = clip.token_encoder(kind, entry)
         encoders[key] = encoder
-    spiece = clip.spiece_model_of(kinds["umt5"]) if "umt5" in kinds else None
-    if "umt5" in kinds and spiece is None:
-        raise ValueError(f"{os.path.basename(kinds['umt5'])}: no tokenizer — the file holds no `spiece_model` "
-                         "tensor (ComfyUI's umt5_xxl files do) and no spiece.model is beside it")
     return clip.JaxCLIP(family, encoders, clip.tokenizer_for(family, spiece))
 
 

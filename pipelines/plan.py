@@ -485,6 +485,7 @@ def encoder_terms(req: Request) -> dict[str, Any]:
     import numpy as np
 
     from .. import families
+    from .text import encoder_width
 
     p = req.preset
     kinds = list(p.row.text_encoders)
@@ -496,7 +497,7 @@ def encoder_terms(req: Request) -> dict[str, Any]:
         config = families.resolve(kind.config_class).from_dict(families.ENCODER_PRESETS[kind.name])
         _, state = abstract_split(kind, config, req.dtype)
         params[kind.name] = sharded_bytes(state, req.placement_mesh)[1]
-        width = getattr(config, "d_model", None) or config.hidden_size
+        width = encoder_width(config)
         ffn = getattr(config, "d_ff", None) or config.intermediate_size
         heads = getattr(config, "num_heads", None) or config.num_attention_heads
         tokens = p.text_tokens if kind.role == "text_encoder" else (config.image_size // config.patch_size) ** 2 + 1

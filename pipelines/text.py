@@ -46,24 +46,28 @@ class Role:
     max_length: int  # default token length (Flux T5: the pipeline passes 512 dev / 256 schnell)
     mask: bool  # the attention mask goes into the encoder
     zero_padding: bool  # positions past the prompt are zeroed (Wan: trimmed to the length, then zero-padded)
-    description: str
+    name: str  # what error messages call it
+    use: str  # what the pipeline takes from it
+
+    @property
+    def description(self) -> str:
+        return f"{self.name} ({self.use})"
 
 
 ROLES = {
-    "clip_text": Role("pooler_output", 77, False, False, "CLIP-L text encoder (Flux: pooled prompt)"),
-    "t5": Role("last_hidden_state", 512, False, False, "T5 encoder (Flux: prompt embeddings)"),
-    "umt5": Role("last_hidden_state", 512, True, True, "UMT5 encoder (Wan: prompt embeddings)"),
+    "clip_text": Role("pooler_output", 77, False, False, "CLIP-L text encoder", "Flux: pooled prompt"),
+    "t5": Role("last_hidden_state", 512, False, False, "T5 encoder", "Flux: prompt embeddings"),
+    "umt5": Role("last_hidden_state", 512, True, True, "UMT5 encoder", "Wan: prompt embeddings"),
 }
 FLUX_SCHNELL_T5_LENGTH = 256  # diffusers' FluxPipeline docs: max_sequence_length 256 for schnell
 
 
 # ----------------------------------------------------------------------------- tokenizer discovery
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model")
-
-
 def _has_tokenizer(directory: Path) -> bool:
-    return any((directory / name).is_file() for name in TOKENIZER_FILES)
+    from .tokenizer import BPE_FILES, SPIECE_MODEL, TOKENIZER_JSON
+
+    return any((directory / name).is_file() for name in (TOKENIZER_JSON, *BPE_FILES, SPIECE_MODEL))
 
 
 def find_tokenizer(path: str | os.PathLike) -> Path | None:
@@ -76,8 +80,10 @@ def find_tokenizer(path: str | os.PathLike) -> Path | None:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 
+            from .tokenizer import SPIECE_TENSOR
+
             with safe_open(str(path), "numpy") as f:
-                if "spiece_model" in f.keys():
+                if SPIECE_TENSOR in f.keys():
                     return path
         return None
     if _has_tokenizer(path):
@@ -86,6 +92,25 @@ def find_tokenizer(path: str | os.PathLike) -> Path | None:
     if path.name.startswith("text_encoder") and _has_tokenizer(sibling):
         return sibling
     return None
+
+
+def tokenizer_for(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None):
+    """The loaded tokenizer of the encoder at `path`: `tokenizer` when given, else `find_tokenizer(path)`;
+    FileNotFoundError naming the file and the flags when there is none."""
+    from .tokenizer import LOOKED_FOR, SPIECE_TENSOR, load_tokenizer
+
+    found = tokenizer or find_tokenizer(path)
+    if found is None:
+        raise FileNotFoundError(
+            f"{path}: no tokenizer found for this text encoder (looked for a `{SPIECE_TENSOR}` tensor in the "
+            f"file, {LOOKED_FOR} beside it, and a diffusers pipeline's tokenizer*/ folder); pass the "
+            "tokenizer's directory or file (CLI: --tokenizer, or --tokenizer-2 for --text-encoder-2)")
+    return load_tokenizer(found)
+
+
+def encoder_width(config) -> int:
+    """The output width of an encoder config (T5 / UMT5 `d_model`, CLIP text / vision `hidden_size`)."""
+    return getattr(config, "d_model", None) or config.hidden_size
 
 
 # ----------------------------------------------------------------------------- text
@@ -102,13 +127,11 @@ class TextEncoder:
                              f"(CLIP-L text, T5, UMT5)")
         self.kind, self.role, self.model, self.tokenizer = kind.name, ROLES[kind.name], model, tokenizer
         self.path = str(path)
-        config = model.config
-        self.width = getattr(config, "d_model", None) or config.hidden_size
-        vocab = getattr(config, "vocab_size")
-        if tokenizer is not None and tokenizer.vocab_size > vocab:
-            raise ValueError(f"{self.path or self.kind}: the tokenizer has {tokenizer.vocab_size} tokens "
-                             f"but the encoder's embedding has {vocab} rows: tokenizer and weights do not "
-                             "belong together")
+        self.width = encoder_width(model.config)
+        if tokenizer is not None:
+            from .tokenizer import check_vocab
+
+            check_vocab(tokenizer, model.config.vocab_size, self.path or self.kind)
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         graph = nnx.graphdef(model)
 
@@ -200,15 +223,8 @@ def load_text_encoder(path: str | os.PathLike, *, tokenizer: str | os.PathLike |
     """A text encoder from a transformers directory, a ComfyUI single file or a converted checkpoint,
     with its tokenizer (`tokenizer=`, else `find_tokenizer(path)`)."""
     from ..convert.loader import load_model
-    from .tokenizer import load_tokenizer
 
-    found = tokenizer or find_tokenizer(path)
-    if found is None:
-        raise FileNotFoundError(
-            f"{path}: no tokenizer found for this text encoder (looked for a `spiece_model` tensor in the "
-            f"file, {', '.join(TOKENIZER_FILES)} beside it, and a diffusers pipeline's tokenizer*/ folder); "
-            "pass the tokenizer's directory or file (CLI: --tokenizer / --tokenizer-2)")
-    tok = load_tokenizer(found)
+    tok = tokenizer_for(path, tokenizer)
     return TextEncoder(load_model(path, dtype=dtype, mesh=mesh), tok, path=path)
 
 
@@ -221,7 +237,7 @@ class LazyTextEncoder:
     def __init__(self, path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None, dtype=None,
                  mesh=None, cache: EmbeddingCache | None = None, offload: bool = False):
         from ..convert.loader import load_model
-        from .tokenizer import load_tokenizer
+        from .tokenizer import check_vocab
 
         abstract = load_model(path, abstract=True)
         kind = families.model_for_config(abstract.config)
@@ -229,18 +245,9 @@ class LazyTextEncoder:
             raise ValueError(f"{path}: not a text encoder jaxdiff knows (CLIP-L text, T5, UMT5); found "
                              f"{type(abstract).__name__}")
         self.kind, self.role, self.path = kind.name, ROLES[kind.name], str(path)
-        config = abstract.config
-        self.width = getattr(config, "d_model", None) or config.hidden_size
-        found = tokenizer or find_tokenizer(path)
-        if found is None:
-            raise FileNotFoundError(
-                f"{path}: no tokenizer found for this text encoder (looked for a `spiece_model` tensor in "
-                f"the file, {', '.join(TOKENIZER_FILES)} beside it, and a diffusers pipeline's tokenizer*/ "
-                "folder); pass --tokenizer (or --tokenizer-2 for --text-encoder-2)")
-        self._tokenizer = load_tokenizer(found)
-        if self._tokenizer.vocab_size > config.vocab_size:
-            raise ValueError(f"{path}: the tokenizer ({found}) has {self._tokenizer.vocab_size} tokens but the "
-                             f"encoder's embedding has {config.vocab_size} rows: they do not belong together")
+        self.width = encoder_width(abstract.config)
+        self._tokenizer = tokenizer_for(path, tokenizer)
+        check_vocab(self._tokenizer, abstract.config.vocab_size, path)
         self.nbytes = param_bytes(abstract)
         self._load = lambda: TextEncoder(load_model(path, dtype=dtype, mesh=mesh), self._tokenizer, path=path)
         self._identity = f"{file_identity(path)}|{dtype}|{mesh is not None}"
@@ -342,24 +349,24 @@ class Found:
     path: str
 
 
-def assign_encoders(family: families.Family, encoders: Sequence[TextEncoder]) -> dict[str, TextEncoder]:
+def assign_encoders(family: families.Family, encoders: Sequence, *, label: str | None = None) -> dict:
     """`{kind: encoder}` for the family's text encoders, in any order given; a missing, repeated or
-    foreign encoder is a ValueError naming its file and what the family takes."""
+    foreign encoder is a ValueError naming its file and what the family (`label`, default its name)
+    takes. `encoders`: anything with `kind` and `path` (TextEncoder, LazyTextEncoder, `Found`)."""
     wanted = [k.name for k in family.text_encoders]
-    takes = " and ".join(ROLES[k].description.split(" (")[0] for k in wanted)
-    out: dict[str, TextEncoder] = {}
+    who = label or family.name
+    takes = " and ".join(ROLES[k].name for k in wanted)
+    out: dict = {}
     for encoder in encoders:
         if encoder.kind not in wanted:
-            raise ValueError(f"{_describe(encoder)} is not a text encoder of {family.name}: "
-                             f"{family.name} takes {takes}")
+            raise ValueError(f"{_describe(encoder)} is not a text encoder of {who}: {who} takes {takes}")
         if encoder.kind in out:
-            raise ValueError(f"two {encoder.kind} text encoders given ({out[encoder.kind].path}, "
-                             f"{encoder.path}); {family.name} takes {takes}")
+            raise ValueError(f"{out[encoder.kind].path} and {encoder.path} are both a {ROLES[encoder.kind].name}; "
+                             f"{who} takes {takes}")
         out[encoder.kind] = encoder
-    missing = [k for k in wanted if k not in out]
+    missing = [ROLES[k].name for k in wanted if k not in out]
     if missing:
-        raise ValueError(f"{family.name} needs {takes}; missing: "
-                         f"{', '.join(ROLES[k].description.split(' (')[0] for k in missing)}")
+        raise ValueError(f"{who} takes {takes}; missing: {', '.join(missing)}")
     return out
 
 

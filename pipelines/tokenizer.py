@@ -123,7 +123,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     path = Path(path)
     if path.is_file():
         if path.suffix == ".safetensors":
-            return _spiece(_spiece_tensor(path), path, None)
+            return _spiece(read_spiece_tensor(path), path, None)
         if path.suffix == ".model":
             return _spiece(path.read_bytes(), path, path.parent)
         if path.name == TOKENIZER_JSON:
@@ -274,7 +274,8 @@ def _clip_bpe(directory: Path) -> Tokenizer:
                      model_max_length=limit or CLIP_MAX_LENGTH, num_special_tokens=2)
 
 
-def _spiece_tensor(file: Path) -> bytes:
+def read_spiece_tensor(file: str | os.PathLike) -> bytes:
+    """The sentencepiece proto a ComfyUI UMT5 file carries as its `spiece_model` uint8 tensor."""
     from safetensors import safe_open
 
     try:
