@@ -14,7 +14,6 @@ recompile. `JaxClipVision` is a `comfy.clip_vision.ClipVisionModel` whose `encod
 
 from __future__ import annotations
 
-import logging
 import numbers
 import os
 
@@ -29,7 +28,6 @@ import comfy.sd1_clip
 from . import registry
 from .model import JaxModelPatcher
 
-log = logging.getLogger("jaxdiff")
 CLIP_LENGTH = 77
 
 

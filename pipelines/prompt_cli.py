@@ -68,13 +68,13 @@ def _offload(args, encoders_bytes: int, pipe) -> bool:
 
 def encode_for_cli(args, family: families.Family, shapes_only, mesh) -> dict:
     """The conditioning dict for `args.prompt` (and `--image` for Wan 2.1 I2V)."""
-    from .text import EmbeddingCache, LazyTextEncoder, default_cache_dir, encode_prompts
+    from ..convert.loader import detect_kind, load_model
+    from ..sharding.mesh import param_bytes
+    from .text import (EmbeddingCache, Found, LazyTextEncoder, assign_encoders, default_cache_dir,
+                       encode_prompts, load_image_encoder)
 
     cache_dir = args.embedding_cache
     cache = None if cache_dir == "off" else EmbeddingCache(cache_dir or default_cache_dir())
-    from ..convert.loader import detect_kind
-    from .text import Found, assign_encoders
-
     paths = _encoder_paths(args, family)
     assign_encoders(family, [Found(detect_kind(path).name, path) for path, _ in paths])  # family first
     encoders = [LazyTextEncoder(path, tokenizer=tok, dtype=args.dtype, mesh=mesh, cache=cache)
@@ -89,10 +89,8 @@ def encode_for_cli(args, family: families.Family, shapes_only, mesh) -> dict:
     if getattr(args, "image_encoder", None) and not needs_image:
         raise ValueError("--image-encoder applies only to a Wan 2.1 I2V transformer (one with image_dim) "
                          "and --image")
+    image_bytes = 0
     if image_path:
-        from .text import load_image_encoder
-        from ..convert.loader import load_model
-
         abstract = load_model(image_path, abstract=True)
         kind = families.model_for_config(abstract.config)
         if kind is None or kind.role != "image_encoder":
@@ -100,7 +98,8 @@ def encode_for_cli(args, family: families.Family, shapes_only, mesh) -> dict:
         if abstract.config.hidden_size != config.image_dim:
             raise ValueError(f"{image_path}: CLIP vision width {abstract.config.hidden_size} does not fit this "
                              f"transformer (image_dim {config.image_dim})")
-    offload = _offload(args, sum(e.nbytes for e in encoders), shapes_only)
+        image_bytes = param_bytes(abstract)
+    offload = _offload(args, sum(e.nbytes for e in encoders) + image_bytes, shapes_only)
     for encoder in encoders:
         encoder.offload = offload
     scale = args.guidance if args.guidance is not None else (
